@@ -1,0 +1,1 @@
+"""Model converters: quantizers and the GGUF writer (imported as ``edgekit.converters``)."""

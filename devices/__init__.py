@@ -1,0 +1,1 @@
+"""Device transports, probes and the profiler (imported as ``edgekit.devices``)."""
