@@ -1,0 +1,270 @@
+"""Convert a Hugging Face checkpoint, or an F32/F16/BF16 GGUF, into a GGUF file llama.cpp runs.
+
+The file is planned first (names, shapes, types, metadata), then each tensor is read, converted,
+quantized and written before the next one is touched: memory stays near one tensor's size.
+Output goes to a temporary file in the target directory and is renamed only on success.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from edgekit.converters import archs
+from edgekit.converters.mix import SCHEMES, choose_types, tensor_nbytes
+from edgekit.converters.quantize import quantize_tensor
+
+from edgekit.checkpoint import open_checkpoint
+from edgekit.errors import EdgekitError
+from edgekit.progress import bar, human_bytes, peak_rss_bytes
+
+
+@dataclass
+class ConvertConfig:
+    source: Path                      # HF model directory, or an F32/F16/BF16 .gguf to requantize
+    output: Path                      # .gguf to write
+    quant: str = "q8_0"               # a key of edgekit.converters.mix.SCHEMES
+    imatrix: Path | None = None       # calibration text (.txt) or activation statistics (.gguf/.dat)
+    threads: int = 0                  # quantizer threads; 0 = all cores
+    progress: bool = True
+    name: str | None = None           # general.name; default: the source's name
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    file_bytes: int
+    n_params: int
+    tensor_bytes: int
+    seconds: float
+    peak_rss: int
+    types: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.tensor_bytes / max(self.n_params, 1)
+
+    def summary(self) -> str:
+        types = ", ".join(f"{n} {t}" for t, n in sorted(self.types.items(), key=lambda kv: -kv[1]))
+        return (f"wrote {self.output}: {human_bytes(self.file_bytes)}, {self.n_params / 1e6:.2f} M params, "
+                f"{self.bits_per_weight:.2f} bits/weight, {self.seconds:.1f} s, peak RSS "
+                f"{human_bytes(self.peak_rss)} [{types}]")
+
+
+@dataclass
+class _Tensor:
+    name: str                         # GGUF name
+    shape: tuple[int, ...]            # numpy shape, row length last
+    load: Callable[[], np.ndarray]    # reads the float32 data, already in GGUF layout
+
+
+@dataclass
+class _Plan:
+    arch: str
+    n_layer: int
+    tensors: list[_Tensor]
+    add_metadata: Callable[[gguf.GGUFWriter], None]
+    hf_dir: Path | None = None        # set when the source is a HF checkpoint (imatrix can run it)
+
+
+def convert(cfg: ConvertConfig) -> ConvertResult:
+    """Run one conversion; raises EdgekitError with a one-line message on bad input."""
+    t0 = time.perf_counter()
+    if cfg.quant not in SCHEMES:
+        raise EdgekitError(f"unknown --quant {cfg.quant!r} (choose from {', '.join(SCHEMES)})")
+    scheme = SCHEMES[cfg.quant]
+    out = Path(cfg.output)
+    _check_writable(out)
+    src = Path(cfg.source)
+    plan = _plan_gguf(src) if src.suffix == ".gguf" and src.is_file() else _plan_hf(src, cfg.name)
+    shapes = {t.name: t.shape for t in plan.tensors}
+    types = choose_types(shapes, scheme, plan.n_layer)
+    imatrix = _imatrix(cfg, plan) if cfg.imatrix else {}
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    written = 0
+    writer = gguf.GGUFWriter(tmp, plan.arch)
+    try:
+        plan.add_metadata(writer)
+        writer.add_file_type(int(scheme.file_type))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        total = 0
+        for t in plan.tensors:
+            nbytes = tensor_nbytes(types[t.name], t.shape)
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes, raw_dtype=types[t.name])
+            total += nbytes
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        with bar(total, f"{out.name} [{cfg.quant}]", cfg.progress) as pbar:
+            for t in plan.tensors:
+                qtype = types[t.name]
+                pbar.set_postfix_str(f"{t.name} {qtype.name}", refresh=False)
+                data = quantize_tensor(t.load(), qtype, imatrix.get(t.name), cfg.threads)
+                writer.write_tensor_data(data)
+                written += data.nbytes
+                pbar.update(data.nbytes)
+                del data
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException as e:
+        _discard(writer, tmp)
+        if not isinstance(e, OSError):
+            raise
+        # numpy reports a short write with no errno: on a local disk that means it is full.
+        if e.errno in (None, errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise EdgekitError(f"{out}: disk full after writing {human_bytes(written)} "
+                               f"({e.strerror or e}); no output was kept") from None
+        raise EdgekitError(f"{out}: cannot write ({e.strerror or e})") from None
+    return ConvertResult(
+        output=out, file_bytes=out.stat().st_size, n_params=sum(int(np.prod(s)) for s in shapes.values()),
+        tensor_bytes=written, seconds=time.perf_counter() - t0, peak_rss=peak_rss_bytes(),
+        types=dict(Counter(t.name for t in types.values())))
+
+
+def _discard(writer: gguf.GGUFWriter, tmp: Path) -> None:
+    """Close and delete a half-written output; never mask the original error."""
+    try:
+        writer.close()
+    except OSError:
+        pass
+    tmp.unlink(missing_ok=True)
+
+
+def _check_writable(out: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise EdgekitError(f"{out}: is a directory (give a .gguf file name)")
+    if not parent.is_dir():
+        raise EdgekitError(f"{out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise EdgekitError(f"{out}: directory {parent} is not writable")
+
+
+def _plan_hf(path: Path, name: str | None) -> _Plan:
+    ckpt = open_checkpoint(path)
+    where = str(path / "config.json")
+    arch = archs.get_arch(ckpt.architecture, where)
+    hp = archs.HParams.from_config(ckpt.config, where)
+    if hp.rope_type == "llama3" and arch.gguf_arch != "llama":
+        raise EdgekitError(f"{where}: llama3 RoPE scaling is only supported for Llama models")
+
+    tensors: list[tuple[int, int, _Tensor]] = []
+    seen: set[str] = set()
+    for i, (hf_name, ref) in enumerate(ckpt.tensors.items()):
+        try:
+            gname = arch.gguf_name(hf_name)
+        except KeyError:
+            raise EdgekitError(f"{ref.file}: unexpected tensor {hf_name!r} for {ckpt.architecture}") from None
+        if gname is None or (gname == "output.weight" and hp.tie_embeddings):
+            continue  # buffers GGUF recomputes; a stored copy of tied embeddings
+        layer = int(gname.split(".")[1]) if gname.startswith("blk.") else -1
+        if layer >= hp.n_layer:
+            raise EdgekitError(f"{ref.file}: tensor {hf_name!r} is beyond num_hidden_layers={hp.n_layer}")
+        want = archs.expected_shape(arch, gname, hp)
+        if ref.shape != want:
+            raise EdgekitError(f"{ref.file}: tensor {hf_name!r} has shape {list(ref.shape)}, "
+                               f"config.json implies {list(want)}")
+        seen.add(gname)
+        tensors.append((layer if layer >= 0 else (-1 if gname == "token_embd.weight" else hp.n_layer), i,
+                        _Tensor(gname, ref.shape, _hf_loader(ckpt, hf_name, gname, arch, hp))))
+    _check_complete(arch, hp, seen, path)
+    if hp.rope_type == "llama3":
+        factors = archs.llama3_rope_factors(hp)
+        tensors.append((-1, -1, _Tensor("rope_freqs.weight", factors.shape, lambda: factors)))
+    tensors.sort(key=lambda x: (x[0], x[1]))
+
+    def add_metadata(w: gguf.GGUFWriter) -> None:
+        from edgekit.converters.tokenizer import add_tokenizer
+
+        w.add_name(name or path.resolve().name)
+        archs.write_hparams(w, arch, hp, where)
+        add_tokenizer(w, path, hp.n_vocab)
+
+    return _Plan(arch.gguf_arch, hp.n_layer, [t for _, _, t in tensors], add_metadata, hf_dir=path)
+
+
+def _hf_loader(ckpt: Any, hf_name: str, gname: str, arch: archs.Arch, hp: archs.HParams) -> Callable[[], np.ndarray]:
+    heads = {"attn_q": hp.n_head, "attn_k": hp.n_head_kv}.get(gname.split(".")[-2]) if arch.permute_qk else None
+
+    def load() -> np.ndarray:
+        x = ckpt.read(hf_name)
+        return archs.permute_rope_rows(x, heads) if heads else x
+
+    return load
+
+
+def _check_complete(arch: archs.Arch, hp: archs.HParams, seen: set[str], path: Path) -> None:
+    for gg in arch.tensors.values():
+        names = [gg.format(bid=b) for b in range(hp.n_layer)] if "{bid}" in gg else [gg]
+        for n in names:
+            if n == "output.weight" and hp.tie_embeddings:
+                continue
+            if n not in seen:
+                raise EdgekitError(f"{path}: checkpoint lacks tensor {n!r} (incomplete or wrong architecture)")
+
+
+_FLOAT_INPUTS = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16,
+                 gguf.GGMLQuantizationType.BF16: np.uint16}
+
+
+def _plan_gguf(path: Path) -> _Plan:
+    """Requantize a float GGUF, as llama-quantize does: metadata copied, tensors re-typed."""
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # gguf-py raises assorted errors on truncated/corrupt files
+        raise EdgekitError(f"{path}: not a readable GGUF file (truncated or corrupt: {e})") from None
+    arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    if arch_field is None:
+        raise EdgekitError(f"{path}: GGUF has no general.architecture")
+    arch = arch_field.contents()
+    blocks = reader.get_field(f"{arch}.block_count")
+    n_layer = int(blocks.contents()) if blocks is not None else 0
+    end = path.stat().st_size
+    tensors = []
+    for t in reader.tensors:
+        if t.tensor_type not in _FLOAT_INPUTS:
+            raise EdgekitError(f"{path}: tensor {t.name!r} is already {t.tensor_type.name}; requantize from an "
+                               "F32, F16 or BF16 GGUF (quantizing twice loses accuracy)")
+        if t.data_offset + t.n_bytes > end:
+            raise EdgekitError(f"{path}: truncated GGUF (tensor {t.name!r} runs past the end of the file)")
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        tensors.append(_Tensor(t.name, shape, _gguf_loader(path, t.data_offset, t.tensor_type, shape)))
+
+    skip = {gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE,
+            gguf.Keys.General.QUANTIZATION_VERSION, gguf.Keys.General.ALIGNMENT}
+
+    def add_metadata(w: gguf.GGUFWriter) -> None:
+        for key, f in reader.fields.items():
+            if key in skip or key.startswith("GGUF."):
+                continue
+            sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+            w.add_key_value(key, f.contents(), f.types[0], sub)
+
+    return _Plan(arch, n_layer, tensors, add_metadata)
+
+
+def _gguf_loader(path: Path, offset: int, qtype: gguf.GGMLQuantizationType,
+                 shape: tuple[int, ...]) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        # Plain reads (not the reader's mmap) so pages do not pile up in this process's RSS.
+        x = np.fromfile(path, dtype=_FLOAT_INPUTS[qtype], count=int(np.prod(shape)), offset=offset)
+        if qtype == gguf.GGMLQuantizationType.BF16:
+            x = (x.astype(np.uint32) << 16).view(np.float32)
+        return x.astype(np.float32, copy=False).reshape(shape)
+
+    return load
+
+
+def _imatrix(cfg: ConvertConfig, plan: _Plan) -> dict[str, np.ndarray]:
+    from edgekit.converters import imatrix
+
+    return imatrix.for_conversion(Path(cfg.imatrix), plan.hf_dir, cfg.threads, cfg.progress)

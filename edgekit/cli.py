@@ -1,0 +1,89 @@
+"""The `edgekit` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from edgekit.converters.gguf_export import ConvertConfig, convert
+
+    if args.output.suffix != ".gguf":
+        raise EdgekitError(f"{args.output}: only .gguf output is supported so far")
+    result = convert(ConvertConfig(source=args.source, output=args.output, quant=args.quant,
+                                   imatrix=args.imatrix, threads=args.threads, progress=not args.quiet,
+                                   name=args.name))
+    print(result.summary())
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from edgekit.inspect import format_report, inspect_gguf
+
+    info = inspect_gguf(args.file)
+    if args.json:
+        if not args.tensors:
+            info.pop("tensors")
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(format_report(info, show_tensors=args.tensors))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgekit.converters.mix import SCHEMES
+
+    p = argparse.ArgumentParser(prog="edgekit", description="Put language models on the devices people own.")
+    p.add_argument("--version", action="version", version=f"edgekit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    quant_help = "\n".join(f"  {k:<7} {s.help}" for k, s in SCHEMES.items())
+    c = sub.add_parser(
+        "convert", help="convert a Hugging Face model (or a float GGUF) to a quantized GGUF",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert a Hugging Face checkpoint directory, or an F32/F16/BF16 .gguf, into a GGUF "
+                    "file that llama.cpp runs.\n\nquantization schemes (--quant):\n" + quant_help,
+        epilog="examples:\n  edgekit convert ./Qwen2.5-0.5B-Instruct -o qwen-q4km.gguf --quant q4_k_m\n"
+               "  edgekit convert ./my-llama -o my-llama-q8.gguf --quant q8_0 --imatrix calib.txt\n"
+               "  edgekit convert model-f16.gguf -o model-q4km.gguf --quant q4_k_m")
+    c.add_argument("source", type=Path, help="HF model directory (config.json, *.safetensors, tokenizer) or .gguf")
+    c.add_argument("-o", "--output", type=Path, required=True, help="output .gguf file")
+    c.add_argument("--quant", default="q4_k_m", choices=list(SCHEMES), metavar="SCHEME",
+                   help="quantization scheme (default: q4_k_m; see the list above)")
+    c.add_argument("--imatrix", type=Path, metavar="FILE",
+                   help="calibration text (.txt, run through the model) or activation statistics "
+                        "(.gguf/.dat imatrix file) to weight the Q4_K/Q6_K scale search")
+    c.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
+    c.add_argument("--name", help="model name stored in the file (default: the source's name)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_convert)
+
+    i = sub.add_parser("inspect", help="summarise a GGUF file: architecture, tensors, types, size, metadata",
+                       description="Show what is inside a GGUF file.")
+    i.add_argument("file", type=Path, help="a .gguf file")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--tensors", action="store_true", help="list every tensor")
+    i.set_defaults(func=_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgekitError as e:
+        print(f"edgekit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgekit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""`edgekit inspect`: what is inside a GGUF file, as text or JSON."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.progress import human_bytes
+
+
+def inspect_gguf(path: str | Path) -> dict[str, Any]:
+    """Summary of a GGUF file: architecture, size, bits/weight, tensor types, metadata."""
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekitError(f"{path}: no such file")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:
+        raise EdgekitError(f"{path}: not a readable GGUF file (truncated or corrupt: {e})") from None
+    size = path.stat().st_size
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise EdgekitError(f"{path}: truncated GGUF (tensor {t.name!r} runs past the end of the file)")
+
+    metadata: dict[str, Any] = {}
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        value = f.contents()
+        if isinstance(value, list) and len(value) > 8:  # token lists etc.: say how long, not what
+            value = f"[{len(value)} items]"
+        metadata[key] = value
+
+    by_type: dict[str, dict[str, int]] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0})
+    tensors = []
+    n_params = n_bytes = 0
+    for t in reader.tensors:
+        shape = [int(d) for d in reversed(t.shape.tolist())]
+        n = int(np.prod(shape))
+        entry = by_type[t.tensor_type.name]
+        entry["tensors"] += 1
+        entry["params"] += n
+        entry["bytes"] += int(t.n_bytes)
+        n_params += n
+        n_bytes += int(t.n_bytes)
+        tensors.append({"name": t.name, "type": t.tensor_type.name, "shape": shape, "bytes": int(t.n_bytes)})
+    arch = metadata.get("general.architecture", "?")
+    ftype = metadata.get("general.file_type")
+    return {
+        "file": str(path),
+        "architecture": arch,
+        "name": metadata.get("general.name"),
+        "file_type": gguf.LlamaFileType(ftype).name if ftype is not None else None,
+        "file_bytes": size,
+        "n_tensors": len(tensors),
+        "n_params": n_params,
+        "bits_per_weight": 8 * n_bytes / max(n_params, 1),
+        "types": dict(by_type),
+        "metadata": metadata,
+        "tensors": tensors,
+    }
+
+
+def format_report(info: dict[str, Any], show_tensors: bool = False) -> str:
+    md = info["metadata"]
+    arch = info["architecture"]
+    lines = [
+        f"file          {info['file']}",
+        f"architecture  {arch}" + (f"   name: {info['name']}" if info["name"] else ""),
+        f"file type     {info['file_type']}",
+        f"size          {human_bytes(info['file_bytes'])}  ({info['n_params'] / 1e6:.2f} M params, "
+        f"{info['bits_per_weight']:.2f} bits/weight, {info['n_tensors']} tensors)",
+    ]
+    hp = {k.removeprefix(f"{arch}."): v for k, v in md.items() if k.startswith(f"{arch}.")}
+    if hp:
+        lines.append("hparams       " + ", ".join(f"{k}={v}" for k, v in hp.items()))
+    tok = {k.removeprefix("tokenizer.ggml."): v for k, v in md.items() if k.startswith("tokenizer.ggml.")}
+    if tok:
+        lines.append("tokenizer     " + ", ".join(f"{k}={v}" for k, v in tok.items()))
+    if "tokenizer.chat_template" in md:
+        lines.append(f"chat template {len(md['tokenizer.chat_template'])} chars")
+    lines.append("types")
+    for name, e in sorted(info["types"].items(), key=lambda kv: -kv[1]["bytes"]):
+        lines.append(f"  {name:<6} {e['tensors']:>5} tensors  {e['params'] / 1e6:>9.2f} M params  "
+                     f"{human_bytes(e['bytes']):>11}")
+    if show_tensors:
+        lines.append("tensors")
+        for t in info["tensors"]:
+            lines.append(f"  {t['name']:<40} {t['type']:<6} {str(t['shape']):<20} {human_bytes(t['bytes'])}")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random models of every architecture, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "phi3"]
+
+# A prompt with code, prose, digits and non-ASCII text.
+PROMPT = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)  # 42 çà 日本"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    from edgekit.synth.models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {a: build_tiny_model(root / a, a) for a in ARCHS}
+
+
+def prompt_tokens(model_dir: Path, text: str = PROMPT) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir).encode(text, add_special_tokens=True)
+
+
+def hf_logits(model, tokens: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+def llama_logits(gguf_path: Path, tokens: list[int]) -> np.ndarray:
+    """All-position logits from llama.cpp, with an F32 KV cache so the comparison is exact."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_path), n_ctx=128, n_batch=128, logits_all=True, type_k=0, type_v=0,
+                n_threads=min(2, os.cpu_count() or 1), verbose=False)
+    try:
+        llm.reset()
+        llm.eval(tokens)
+        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    finally:
+        llm.close()

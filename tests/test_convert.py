@@ -1,0 +1,116 @@
+"""End to end: HF checkpoint -> GGUF -> llama.cpp, compared against transformers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from conftest import ARCHS, hf_logits, llama_logits, prompt_tokens
+from edgekit.converters.gguf_export import ConvertConfig, convert
+
+
+def _convert(src: Path, out: Path, quant: str) -> Path:
+    convert(ConvertConfig(source=src, output=out, quant=quant, progress=False))
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_f32_logits_match_transformers(arch, tiny_models, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_models[arch]
+    out = _convert(src, tmp_path / "m.gguf", "f32")
+    tokens = prompt_tokens(src)
+    ref = hf_logits(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval(), tokens)
+    got = llama_logits(out, tokens)
+    assert ref.std() > 0.5, "random model too flat for a meaningful comparison"
+    assert np.abs(got - ref).max() < 1e-4
+
+
+# Quantized files are compared with transformers running the same (dequantized) weights.
+# llama.cpp quantizes activations for its dot products (F16 / Q8), so the bound is looser than
+# F32's; against the *original* weights the error must be clearly larger (the test can fail).
+@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_k_m"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quantized_logits_match_dequantized_transformers(arch, quant, tiny_models, tmp_path):
+    import torch
+    from edgekit.converters.gguf_import import load_hf_with_gguf_weights
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_models[arch]
+    out = _convert(src, tmp_path / "m.gguf", quant)
+    tokens = prompt_tokens(src)
+    got = llama_logits(out, tokens)
+    deq = hf_logits(load_hf_with_gguf_weights(out, src), tokens)
+    orig = hf_logits(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval(), tokens)
+    scale = np.abs(deq).max()
+    err_deq = np.abs(got - deq).max() / scale
+    err_orig = np.abs(got - orig).max() / scale
+    assert err_deq < {"f16": 2e-3, "q8_0": 2e-2, "q4_k_m": 3e-2}[quant]
+    if quant == "q4_k_m":
+        assert err_orig > 2 * err_deq
+    assert (got.argmax(-1) == deq.argmax(-1)).mean() >= 0.9
+
+
+def _llama_quantize(src: Path, dst: Path, ftype: gguf.LlamaFileType) -> Path:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(ftype)
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    assert rc == 0
+    return dst
+
+
+def _tensors(path: Path) -> dict[str, tuple[str, bytes]]:
+    return {t.name: (t.tensor_type.name, bytes(t.data.tobytes())) for t in gguf.GGUFReader(path).tensors}
+
+
+@pytest.mark.parametrize("quant,ftype", [("q4_k_m", gguf.LlamaFileType.MOSTLY_Q4_K_M),
+                                         ("q8_0", gguf.LlamaFileType.MOSTLY_Q8_0)])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_identical_to_llama_quantize(arch, quant, ftype, tiny_models, tmp_path):
+    """Our file == llama.cpp's quantization of our F32 file: same type and bytes for every tensor."""
+    src = tiny_models[arch]
+    ours = _tensors(_convert(src, tmp_path / "ours.gguf", quant))
+    f32 = _convert(src, tmp_path / "f32.gguf", "f32")
+    theirs = _tensors(_llama_quantize(f32, tmp_path / "theirs.gguf", ftype))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert ours[name][0] == theirs[name][0], f"{name}: type {ours[name][0]} vs llama.cpp {theirs[name][0]}"
+        assert ours[name][1] == theirs[name][1], f"{name}: {ours[name][0]} bytes differ from llama.cpp"
+
+
+def test_requantize_gguf_input_equals_direct(tiny_models, tmp_path):
+    src = tiny_models["qwen2"]
+    f32 = _convert(src, tmp_path / "f32.gguf", "f32")
+    direct = _tensors(_convert(src, tmp_path / "direct.gguf", "q4_k_m"))
+    requant = _tensors(_convert(f32, tmp_path / "requant.gguf", "q4_k_m"))
+    assert direct == requant
+    md_direct = gguf.GGUFReader(tmp_path / "direct.gguf").fields
+    md_requant = gguf.GGUFReader(tmp_path / "requant.gguf").fields
+    assert md_direct.keys() == md_requant.keys()
+
+
+def test_bf16_sharded_checkpoint(tmp_path):
+    """bf16 weights spread over several shards with an index, as real checkpoints ship."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgekit.synth.models import build_tiny_model
+
+    src = build_tiny_model(tmp_path / "m", "llama", dtype="bfloat16", max_shard_size="1MB")
+    assert (src / "model.safetensors.index.json").exists()
+    assert len(list(src.glob("*.safetensors"))) > 1
+    out = _convert(src, tmp_path / "m.gguf", "bf16")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.BF16
+    assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    tokens = prompt_tokens(src)
+    ref = hf_logits(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval(), tokens)
+    got = llama_logits(_convert(src, tmp_path / "f32.gguf", "f32"), tokens)
+    assert np.abs(got - ref).max() < 1e-4
