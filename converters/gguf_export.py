@@ -18,11 +18,11 @@ from typing import Any
 
 import gguf
 import numpy as np
+
+from edgekit.checkpoint import open_checkpoint
 from edgekit.converters import archs
 from edgekit.converters.mix import SCHEMES, choose_types, tensor_nbytes
 from edgekit.converters.quantize import quantize_tensor
-
-from edgekit.checkpoint import open_checkpoint
 from edgekit.errors import EdgekitError
 from edgekit.progress import bar, human_bytes, peak_rss_bytes
 

@@ -8,6 +8,7 @@ import gguf
 import numpy as np
 import pytest
 from conftest import ARCHS, hf_logits, llama_logits, prompt_tokens
+
 from edgekit.converters.gguf_export import ConvertConfig, convert
 
 
@@ -31,28 +32,35 @@ def test_f32_logits_match_transformers(arch, tiny_models, tmp_path):
 
 
 # Quantized files are compared with transformers running the same (dequantized) weights.
-# llama.cpp quantizes activations for its dot products (F16 / Q8), so the bound is looser than
-# F32's; against the *original* weights the error must be clearly larger (the test can fail).
-@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_k_m"])
+# llama.cpp also quantizes activations for its dot products (to F16 / 8 bits), which alone gives
+# ~0.1% (F16) and ~3% (Q8_0, Q4_K) relative RMS logit error on these random models; measured:
+# F16 0.09%, Q8_0 2.2-2.7%, Q4_K_M 3.2-4.0%, while Q4_K_M against the *original* weights is
+# 31-38%. So the bounds below catch a wrong tensor or a wrong dequantization.
+BOUNDS = {"f16": 3e-3, "q8_0": 5e-2, "q4_k_m": 6e-2}
+
+
+def _rel_rms(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a - ref) ** 2) / np.mean(ref**2)))
+
+
+@pytest.mark.parametrize("quant", list(BOUNDS))
 @pytest.mark.parametrize("arch", ARCHS)
 def test_quantized_logits_match_dequantized_transformers(arch, quant, tiny_models, tmp_path):
     import torch
-    from edgekit.converters.gguf_import import load_hf_with_gguf_weights
     from transformers import AutoModelForCausalLM
+
+    from edgekit.converters.gguf_import import load_hf_with_gguf_weights
 
     src = tiny_models[arch]
     out = _convert(src, tmp_path / "m.gguf", quant)
     tokens = prompt_tokens(src)
     got = llama_logits(out, tokens)
     deq = hf_logits(load_hf_with_gguf_weights(out, src), tokens)
-    orig = hf_logits(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval(), tokens)
-    scale = np.abs(deq).max()
-    err_deq = np.abs(got - deq).max() / scale
-    err_orig = np.abs(got - orig).max() / scale
-    assert err_deq < {"f16": 2e-3, "q8_0": 2e-2, "q4_k_m": 3e-2}[quant]
-    if quant == "q4_k_m":
-        assert err_orig > 2 * err_deq
-    assert (got.argmax(-1) == deq.argmax(-1)).mean() >= 0.9
+    assert _rel_rms(got, deq) < BOUNDS[quant]
+    assert (got.argmax(-1) == deq.argmax(-1)).mean() >= 0.85
+    if quant == "q4_k_m":  # the reference must be the dequantized model, not the original
+        orig = hf_logits(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval(), tokens)
+        assert _rel_rms(got, orig) > 4 * _rel_rms(got, deq)
 
 
 def _llama_quantize(src: Path, dst: Path, ftype: gguf.LlamaFileType) -> Path:
