@@ -63,11 +63,12 @@ def test_quantized_logits_match_dequantized_transformers(arch, quant, tiny_model
         assert _rel_rms(got, orig) > 4 * _rel_rms(got, deq)
 
 
-def _llama_quantize(src: Path, dst: Path, ftype: gguf.LlamaFileType) -> Path:
+def _llama_quantize(src: Path, dst: Path, ftype: gguf.LlamaFileType, pure: bool = False) -> Path:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(ftype)
+    params.pure = pure  # one type for every weight, no per-tensor mix
     params.nthread = 2
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     assert rc == 0
@@ -78,15 +79,18 @@ def _tensors(path: Path) -> dict[str, tuple[str, bytes]]:
     return {t.name: (t.tensor_type.name, bytes(t.data.tobytes())) for t in gguf.GGUFReader(path).tensors}
 
 
-@pytest.mark.parametrize("quant,ftype", [("q4_k_m", gguf.LlamaFileType.MOSTLY_Q4_K_M),
-                                         ("q8_0", gguf.LlamaFileType.MOSTLY_Q8_0)])
+LLAMA_FTYPES = {"q4_k_m": (gguf.LlamaFileType.MOSTLY_Q4_K_M, False), "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, False),
+                "q6_k": (gguf.LlamaFileType.MOSTLY_Q6_K, False), "q4_k": (gguf.LlamaFileType.MOSTLY_Q4_K_S, True)}
+
+
+@pytest.mark.parametrize("quant", list(LLAMA_FTYPES))
 @pytest.mark.parametrize("arch", ARCHS)
-def test_identical_to_llama_quantize(arch, quant, ftype, tiny_models, tmp_path):
+def test_identical_to_llama_quantize(arch, quant, tiny_models, tmp_path):
     """Our file == llama.cpp's quantization of our F32 file: same type and bytes for every tensor."""
     src = tiny_models[arch]
     ours = _tensors(_convert(src, tmp_path / "ours.gguf", quant))
     f32 = _convert(src, tmp_path / "f32.gguf", "f32")
-    theirs = _tensors(_llama_quantize(f32, tmp_path / "theirs.gguf", ftype))
+    theirs = _tensors(_llama_quantize(f32, tmp_path / "theirs.gguf", *LLAMA_FTYPES[quant]))
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert ours[name][0] == theirs[name][0], f"{name}: type {ours[name][0]} vs llama.cpp {theirs[name][0]}"
@@ -122,3 +126,15 @@ def test_bf16_sharded_checkpoint(tmp_path):
     ref = hf_logits(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval(), tokens)
     got = llama_logits(_convert(src, tmp_path / "f32.gguf", "f32"), tokens)
     assert np.abs(got - ref).max() < 1e-4
+
+
+def test_row_length_fallbacks_match_llama_quantize(tmp_path):
+    """Rows not divisible by 256 (like Qwen2.5-0.5B's 896) fall back to Q5_0 / Q8_0 as llama.cpp does."""
+    from edgekit.synth.models import build_tiny_model
+
+    src = build_tiny_model(tmp_path / "m", "qwen2", hidden=384, heads=6, kv_heads=2, ffn=1024)
+    ours = _tensors(_convert(src, tmp_path / "ours.gguf", "q4_k_m"))
+    f32 = _convert(src, tmp_path / "f32.gguf", "f32")
+    theirs = _tensors(_llama_quantize(f32, tmp_path / "theirs.gguf", gguf.LlamaFileType.MOSTLY_Q4_K_M))
+    assert {t for t, _ in ours.values()} >= {"Q5_0", "Q8_0", "Q4_K", "Q6_K"}
+    assert ours == theirs
