@@ -1,0 +1,65 @@
+/* Shared internals of libedgekit's quantizers: ggml's block layouts, fp16 helpers and the
+ * integer rounding every quantizer uses. Not part of the public API. */
+#ifndef EDGEKIT_COMMON_H
+#define EDGEKIT_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define EK_QK8_0 32 /* values per Q8_0 block */
+#define EK_QK_K 256 /* values per K-quant super-block */
+
+/* Q8_0: one fp16 scale, 32 signed bytes; value = d * qs[i]. */
+typedef struct {
+    uint16_t d;
+    int8_t qs[EK_QK8_0];
+} ek_block_q8_0;
+
+/* Q4_K: 8 sub-blocks of 32. Each sub-block has a 6-bit scale and a 6-bit min (packed into
+ * 12 bytes), multiplied by the fp16 super-block d / dmin; value = d*sc*q - dmin*m with q a nibble.
+ * Nibbles: byte l of each 32-byte group holds value l (low nibble) and value l+32 (high nibble)
+ * of a 64-value chunk. */
+typedef struct {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[12];
+    uint8_t qs[EK_QK_K / 2];
+} ek_block_q4_k;
+
+/* Q6_K: 16 sub-blocks of 16 with signed 8-bit scales times the fp16 d; value = d*sc*(q-32) with
+ * q a 6-bit level split into a low nibble (ql) and two high bits (qh). */
+typedef struct {
+    uint8_t ql[EK_QK_K / 2];
+    uint8_t qh[EK_QK_K / 4];
+    int8_t scales[EK_QK_K / 16];
+    uint16_t d;
+} ek_block_q6_k;
+
+_Static_assert(sizeof(ek_block_q8_0) == 34, "block_q8_0 must be 34 bytes");
+_Static_assert(sizeof(ek_block_q4_k) == 144, "block_q4_K must be 144 bytes");
+_Static_assert(sizeof(ek_block_q6_k) == 210, "block_q6_K must be 210 bytes");
+
+/* IEEE binary16 conversions; fp32 -> fp16 rounds to nearest, ties to even (as ggml does). */
+uint16_t ek_fp32_to_fp16(float f);
+float ek_fp16_to_fp32(uint16_t h);
+
+/* Round to the nearest integer, ties to even, for |f| < 2^22: adding 1.5*2^23 leaves the
+ * rounded integer in the low mantissa bits. Out of that range the result is the same
+ * well-defined bit pattern ggml gets (we do not clamp, so outputs stay byte-identical). */
+static inline int ek_nearest_int(float f) {
+    float biased = f + 12582912.0f;
+    int32_t bits;
+    memcpy(&bits, &biased, sizeof bits);
+    return (bits & 0x007fffff) - 0x00400000;
+}
+
+static inline int ek_imin(int a, int b) { return a < b ? a : b; }
+static inline int ek_imax(int a, int b) { return a > b ? a : b; }
+
+/* Row quantizers: one row of n_per_row floats into dst. imatrix is NULL or n_per_row weights. */
+void ek_quantize_row_q8_0(const float *x, void *dst, int64_t n_per_row, const float *imatrix);
+void ek_quantize_row_q4_k(const float *x, void *dst, int64_t n_per_row, const float *imatrix);
+void ek_quantize_row_q6_k(const float *x, void *dst, int64_t n_per_row, const float *imatrix);
+
+#endif
