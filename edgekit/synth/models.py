@@ -12,7 +12,7 @@ from typing import Any
 from edgekit.synth.tokenizers import build_tokenizer
 
 # Which tokenizer style each tiny model uses (covers every tokenizer kind across the suite).
-DEFAULT_TOKENIZER = {"llama": "llama3", "mistral": "spm", "qwen2": "qwen2", "qwen3": "qwen2", "phi3": "gpt2"}
+DEFAULT_TOKENIZER = {"llama": "llama3", "mistral": "spm", "qwen2": "qwen2", "qwen3": "qwen2", "phi3": "phi3"}
 
 
 def build_tiny_model(

@@ -1,0 +1,1 @@
+"""Small synthetic artefacts (tokenizers, models) built offline for tests and demos."""
