@@ -73,7 +73,7 @@ def build_f32_gguf(work: Path, shape: str) -> Path:
     if not (hf / "config.json").exists():
         t = time.perf_counter()
         build_tiny_model(hf, "llama", tokenizer="llama3", layers=layers, hidden=hidden, ffn=ffn, heads=heads,
-                         kv_heads=kv, dtype="bfloat16", max_shard_size="2GB", vocab_size=vocab,
+                         kv_heads=kv, dtype="bfloat16", max_shard_size="2GB", model_vocab=vocab,
                          tie_word_embeddings=tied, rope_parameters={"rope_type": "default", "rope_theta": 5e5})
         print(f"built random {shape} checkpoint in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     res = convert(ConvertConfig(source=hf, output=f32, quant="f32", progress=False))

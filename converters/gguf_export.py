@@ -59,11 +59,26 @@ class ConvertResult:
                 f"{human_bytes(self.peak_rss)} [{types}]")
 
 
+# Big tensors are read, quantized and written this many float32 bytes at a time, so even a
+# 1 GiB embedding matrix never sits in memory whole.
+CHUNK_BYTES = 32 << 20
+
+
 @dataclass
 class _Tensor:
-    name: str                         # GGUF name
-    shape: tuple[int, ...]            # numpy shape, row length last
-    load: Callable[[], np.ndarray]    # reads the float32 data, already in GGUF layout
+    name: str                                  # GGUF name
+    shape: tuple[int, ...]                     # numpy shape, row length last
+    read: Callable[[int, int], np.ndarray]     # rows [start, stop) as float32, already in GGUF layout
+    row_align: int = 1                         # chunks start at multiples of this (whole RoPE heads)
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if len(self.shape) > 1 else 1
+
+    def chunks(self) -> list[tuple[int, int]]:
+        row_bytes = 4 * int(np.prod(self.shape)) // self.rows
+        step = max(1, CHUNK_BYTES // row_bytes // self.row_align) * self.row_align
+        return [(r, min(r + step, self.rows)) for r in range(0, self.rows, step)]
 
 
 @dataclass
@@ -87,7 +102,7 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
     plan = _plan_gguf(src) if src.suffix == ".gguf" and src.is_file() else _plan_hf(src, cfg.name)
     shapes = {t.name: t.shape for t in plan.tensors}
     types = choose_types(shapes, scheme, plan.n_layer)
-    imatrix = _imatrix(cfg, plan) if cfg.imatrix else {}
+    imatrix = _imatrix(cfg, plan) if cfg.imatrix else None
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     written = 0
@@ -104,15 +119,20 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        fout = writer.fout[0]
         with bar(total, f"{out.name} [{cfg.quant}]", cfg.progress) as pbar:
             for t in plan.tensors:
                 qtype = types[t.name]
                 pbar.set_postfix_str(f"{t.name} {qtype.name}", refresh=False)
-                data = quantize_tensor(t.load(), qtype, imatrix.get(t.name), cfg.threads)
-                writer.write_tensor_data(data)
-                written += data.nbytes
-                pbar.update(data.nbytes)
-                del data
+                im = imatrix.for_tensor(t.name, t.shape[-1]) if imatrix else None
+                _pad(fout, writer.data_alignment)  # GGUF aligns every tensor's data
+                for start, stop in t.chunks():
+                    data = quantize_tensor(t.read(start, stop), qtype, im, cfg.threads)
+                    data.tofile(fout)
+                    written += data.nbytes
+                    pbar.update(data.nbytes)
+                    del data
+            _pad(fout, writer.data_alignment)
         writer.close()
         os.replace(tmp, out)
     except BaseException as e:
@@ -128,6 +148,10 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         output=out, file_bytes=out.stat().st_size, n_params=sum(int(np.prod(s)) for s in shapes.values()),
         tensor_bytes=written, seconds=time.perf_counter() - t0, peak_rss=peak_rss_bytes(),
         types=dict(Counter(t.name for t in types.values())))
+
+
+def _pad(fout: Any, alignment: int) -> None:
+    fout.write(b"\0" * (-fout.tell() % alignment))
 
 
 def _discard(writer: gguf.GGUFWriter, tmp: Path) -> None:
@@ -175,11 +199,11 @@ def _plan_hf(path: Path, name: str | None) -> _Plan:
                                f"config.json implies {list(want)}")
         seen.add(gname)
         tensors.append((layer if layer >= 0 else (-1 if gname == "token_embd.weight" else hp.n_layer), i,
-                        _Tensor(gname, ref.shape, _hf_loader(ckpt, hf_name, gname, arch, hp))))
+                        _hf_tensor(ckpt, hf_name, gname, ref.shape, arch, hp)))
     _check_complete(arch, hp, seen, path)
     if hp.rope_type == "llama3":
         factors = archs.llama3_rope_factors(hp)
-        tensors.append((-1, -1, _Tensor("rope_freqs.weight", factors.shape, lambda: factors)))
+        tensors.append((-1, -1, _Tensor("rope_freqs.weight", factors.shape, lambda a, b: factors)))
     tensors.sort(key=lambda x: (x[0], x[1]))
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
@@ -192,14 +216,19 @@ def _plan_hf(path: Path, name: str | None) -> _Plan:
     return _Plan(arch.gguf_arch, hp.n_layer, [t for _, _, t in tensors], add_metadata, hf_dir=path)
 
 
-def _hf_loader(ckpt: Any, hf_name: str, gname: str, arch: archs.Arch, hp: archs.HParams) -> Callable[[], np.ndarray]:
+def _hf_tensor(ckpt: Any, hf_name: str, gname: str, shape: tuple[int, ...], arch: archs.Arch,
+               hp: archs.HParams) -> _Tensor:
     heads = {"attn_q": hp.n_head, "attn_k": hp.n_head_kv}.get(gname.split(".")[-2]) if arch.permute_qk else None
+    if not heads:
+        if len(shape) == 1:
+            return _Tensor(gname, shape, lambda a, b: ckpt.read(hf_name))
+        return _Tensor(gname, shape, lambda a, b: ckpt.read(hf_name, a, b))
+    head_rows = shape[0] // heads
 
-    def load() -> np.ndarray:
-        x = ckpt.read(hf_name)
-        return archs.permute_rope_rows(x, heads) if heads else x
+    def read(start: int, stop: int) -> np.ndarray:  # whole heads only: the permutation is per head
+        return archs.permute_rope_rows(ckpt.read(hf_name, start, stop), (stop - start) // head_rows)
 
-    return load
+    return _Tensor(gname, shape, read, row_align=head_rows)
 
 
 def _check_complete(arch: archs.Arch, hp: archs.HParams, seen: set[str], path: Path) -> None:
@@ -237,7 +266,7 @@ def _plan_gguf(path: Path) -> _Plan:
         if t.data_offset + t.n_bytes > end:
             raise EdgekitError(f"{path}: truncated GGUF (tensor {t.name!r} runs past the end of the file)")
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        tensors.append(_Tensor(t.name, shape, _gguf_loader(path, t.data_offset, t.tensor_type, shape)))
+        tensors.append(_Tensor(t.name, shape, _gguf_reader(path, t.data_offset, t.tensor_type, shape)))
 
     skip = {gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE,
             gguf.Keys.General.QUANTIZATION_VERSION, gguf.Keys.General.ALIGNMENT}
@@ -252,19 +281,22 @@ def _plan_gguf(path: Path) -> _Plan:
     return _Plan(arch, n_layer, tensors, add_metadata)
 
 
-def _gguf_loader(path: Path, offset: int, qtype: gguf.GGMLQuantizationType,
-                 shape: tuple[int, ...]) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
+def _gguf_reader(path: Path, offset: int, qtype: gguf.GGMLQuantizationType,
+                 shape: tuple[int, ...]) -> Callable[[int, int], np.ndarray]:
+    row = int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
+    dtype = _FLOAT_INPUTS[qtype]
+
+    def read(start: int, stop: int) -> np.ndarray:
         # Plain reads (not the reader's mmap) so pages do not pile up in this process's RSS.
-        x = np.fromfile(path, dtype=_FLOAT_INPUTS[qtype], count=int(np.prod(shape)), offset=offset)
+        x = np.fromfile(path, dtype=dtype, count=(stop - start) * row, offset=offset + start * row * dtype().itemsize)
         if qtype == gguf.GGMLQuantizationType.BF16:
             x = (x.astype(np.uint32) << 16).view(np.float32)
-        return x.astype(np.float32, copy=False).reshape(shape)
+        return x.astype(np.float32, copy=False).reshape((stop - start, *shape[1:]) if len(shape) > 1 else shape)
 
-    return load
+    return read
 
 
-def _imatrix(cfg: ConvertConfig, plan: _Plan) -> dict[str, np.ndarray]:
+def _imatrix(cfg: ConvertConfig, plan: _Plan) -> Any:
     from edgekit.converters import imatrix
 
     return imatrix.for_conversion(Path(cfg.imatrix), plan.hf_dir, cfg.threads, cfg.progress)

@@ -49,15 +49,17 @@ class Checkpoint:
             raise EdgekitError(f"{self.path / 'config.json'}: no 'architectures' entry")
         return archs[0]
 
-    def read(self, name: str) -> np.ndarray:
-        """Read one tensor as a float32 numpy array (a private copy; the file is closed again)."""
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Read one tensor, or rows [start, stop) of it, as a float32 numpy array.
+
+        The result is a private copy and the file is closed again, so no mapped pages stay behind."""
         import torch
         from safetensors import safe_open
 
         ref = self.tensors[name]
         try:
             with safe_open(str(ref.file), framework="pt") as f:
-                t = f.get_tensor(name)
+                t = f.get_tensor(name) if start is None else f.get_slice(name)[start:stop]
         except Exception as e:  # safetensors raises its own error types for corrupt data
             raise EdgekitError(f"{ref.file}: cannot read tensor {name!r}: {e}") from None
         return t.to(torch.float32).numpy()

@@ -23,6 +23,16 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _imatrix(args: argparse.Namespace) -> int:
+    from edgekit.converters import imatrix
+
+    stats = imatrix.collect_file(args.model, args.data, ctx=args.ctx, max_chunks=args.chunks,
+                                 threads=args.threads, progress=not args.quiet)
+    imatrix.save(args.output, stats, dataset=args.data.name, ctx=args.ctx)
+    print(imatrix.summary(args.output, stats, args.ctx))
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from edgekit.inspect import format_report, inspect_gguf
 
@@ -63,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="model name stored in the file (default: the source's name)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_convert)
+
+    m = sub.add_parser(
+        "imatrix", help="collect an importance matrix (activation statistics) from calibration text",
+        description="Run a Hugging Face model over calibration text and save, for every linear layer, the "
+                    "per-column mean of squared activations in llama.cpp's imatrix GGUF format. "
+                    "Pass the file to `edgekit convert --imatrix` (or to llama.cpp's llama-quantize).",
+        epilog="example:\n  edgekit imatrix ./my-llama --data calib.txt -o my-llama.imatrix.gguf",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("model", type=Path, help="HF model directory")
+    m.add_argument("--data", type=Path, required=True, help="calibration text file (UTF-8)")
+    m.add_argument("-o", "--output", type=Path, required=True, help="imatrix file to write (.gguf)")
+    m.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default: 512)")
+    m.add_argument("--chunks", type=int, default=64, help="at most this many chunks (default: 64)")
+    m.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=_imatrix)
 
     i = sub.add_parser("inspect", help="summarise a GGUF file: architecture, tensors, types, size, metadata",
                        description="Show what is inside a GGUF file.")

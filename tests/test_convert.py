@@ -138,3 +138,17 @@ def test_row_length_fallbacks_match_llama_quantize(tmp_path):
     theirs = _tensors(_llama_quantize(f32, tmp_path / "theirs.gguf", gguf.LlamaFileType.MOSTLY_Q4_K_M))
     assert {t for t, _ in ours.values()} >= {"Q5_0", "Q8_0", "Q4_K", "Q6_K"}
     assert ours == theirs
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_chunked_streaming_gives_identical_files(arch, tiny_models, tmp_path, monkeypatch):
+    """Big tensors are converted in row chunks; chunk boundaries (incl. per-head RoPE permutation of
+    q/k, and GGUF input) must not change a byte."""
+    from edgekit.converters import gguf_export
+
+    src = tiny_models[arch]
+    whole = _convert(src, tmp_path / "whole.gguf", "q4_k_m").read_bytes()
+    f32 = _convert(src, tmp_path / "f32.gguf", "f32")
+    monkeypatch.setattr(gguf_export, "CHUNK_BYTES", 4096)  # a few rows per chunk
+    assert _convert(src, tmp_path / "chunked.gguf", "q4_k_m").read_bytes() == whole
+    assert _convert(f32, tmp_path / "f32-chunked.gguf", "f32").read_bytes() == f32.read_bytes()

@@ -26,12 +26,16 @@ def build_tiny_model(
     heads: int = 4,
     kv_heads: int = 2,
     vocab_size: int = 512,
+    model_vocab: int | None = None,
     seed: int = 0,
     dtype: str = "float32",
     max_shard_size: str | None = None,
     **overrides: Any,
 ) -> Path:
-    """Write a random `arch` checkpoint (config, safetensors, tokenizer) into out_dir."""
+    """Write a random `arch` checkpoint (config, safetensors, tokenizer) into out_dir.
+
+    vocab_size is the tokenizer's size; model_vocab (default: the same) the embedding rows, which
+    real checkpoints often pad beyond the tokenizer (e.g. Qwen2.5: 151936 rows, 151665 tokens)."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -41,7 +45,7 @@ def build_tiny_model(
     build_tokenizer(out_dir, tokenizer or DEFAULT_TOKENIZER[arch], vocab_size)
     tok = AutoTokenizer.from_pretrained(out_dir)
     common = dict(
-        vocab_size=len(tok),
+        vocab_size=model_vocab or len(tok),
         hidden_size=hidden,
         intermediate_size=ffn,
         num_hidden_layers=layers,
