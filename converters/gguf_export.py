@@ -8,10 +8,12 @@ Output goes to a temporary file in the target directory and is renamed only on s
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,7 @@ class _Tensor:
     shape: tuple[int, ...]                     # numpy shape, row length last
     read: Callable[[int, int], np.ndarray]     # rows [start, stop) as float32, already in GGUF layout
     row_align: int = 1                         # chunks start at multiples of this (whole RoPE heads)
+    release: Callable[[int, int], None] = lambda a, b: None  # done with rows [start, stop): drop pages
 
     @property
     def rows(self) -> int:
@@ -119,20 +122,19 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        fout = writer.fout[0]
-        with bar(total, f"{out.name} [{cfg.quant}]", cfg.progress) as pbar:
+        with bar(total, f"{out.name} [{cfg.quant}]", cfg.progress) as pbar, _AsyncWriter(writer.fout[0]) as w:
             for t in plan.tensors:
                 qtype = types[t.name]
                 pbar.set_postfix_str(f"{t.name} {qtype.name}", refresh=False)
                 im = imatrix.for_tensor(t.name, t.shape[-1]) if imatrix else None
-                _pad(fout, writer.data_alignment)  # GGUF aligns every tensor's data
+                w.pad(writer.data_alignment)  # GGUF aligns every tensor's data
                 for start, stop in t.chunks():
                     data = quantize_tensor(t.read(start, stop), qtype, im, cfg.threads)
-                    data.tofile(fout)
+                    t.release(start, stop)
+                    w.write(data)
                     written += data.nbytes
                     pbar.update(data.nbytes)
-                    del data
-            _pad(fout, writer.data_alignment)
+            w.pad(writer.data_alignment)
         writer.close()
         os.replace(tmp, out)
     except BaseException as e:
@@ -150,8 +152,35 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         types=dict(Counter(t.name for t in types.values())))
 
 
-def _pad(fout: Any, alignment: int) -> None:
-    fout.write(b"\0" * (-fout.tell() % alignment))
+class _AsyncWriter:
+    """Writes chunks in order on one background thread, so disk writes overlap quantization
+    (file writes and the C quantizer both release the GIL). At most `depth` chunks wait."""
+
+    def __init__(self, fout: Any, depth: int = 2):
+        self.fout, self.pos, self.depth = fout, fout.tell(), depth
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: deque[Future] = deque()
+
+    def write(self, data: np.ndarray | bytes) -> None:
+        buf = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
+        self.pending.append(self.pool.submit(self.fout.write, buf))
+        self.pos += len(buf)
+        while len(self.pending) > self.depth:
+            self.pending.popleft().result()  # re-raises a failed write (disk full) here
+
+    def pad(self, alignment: int) -> None:
+        if self.pos % alignment:
+            self.write(b"\0" * (-self.pos % alignment))
+
+    def __enter__(self) -> _AsyncWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _discard(writer: gguf.GGUFWriter, tmp: Path) -> None:
@@ -247,53 +276,52 @@ _FLOAT_INPUTS = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizatio
 
 def _plan_gguf(path: Path) -> _Plan:
     """Requantize a float GGUF, as llama-quantize does: metadata copied, tensors re-typed."""
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # gguf-py raises assorted errors on truncated/corrupt files
-        raise EdgekitError(f"{path}: not a readable GGUF file (truncated or corrupt: {e})") from None
-    arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    if arch_field is None:
+    from edgekit.gguf_meta import read_header
+
+    header = read_header(path)
+    arch = header.get(gguf.Keys.General.ARCHITECTURE)
+    if arch is None:
         raise EdgekitError(f"{path}: GGUF has no general.architecture")
-    arch = arch_field.contents()
-    blocks = reader.get_field(f"{arch}.block_count")
-    n_layer = int(blocks.contents()) if blocks is not None else 0
-    end = path.stat().st_size
+    n_layer = int(header.get(f"{arch}.block_count", 0))
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     tensors = []
-    for t in reader.tensors:
-        if t.tensor_type not in _FLOAT_INPUTS:
-            raise EdgekitError(f"{path}: tensor {t.name!r} is already {t.tensor_type.name}; requantize from an "
+    for t in header.tensors:
+        if t.type not in _FLOAT_INPUTS:
+            raise EdgekitError(f"{path}: tensor {t.name!r} is already {t.type.name}; requantize from an "
                                "F32, F16 or BF16 GGUF (quantizing twice loses accuracy)")
-        if t.data_offset + t.n_bytes > end:
-            raise EdgekitError(f"{path}: truncated GGUF (tensor {t.name!r} runs past the end of the file)")
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        tensors.append(_Tensor(t.name, shape, _gguf_reader(path, t.data_offset, t.tensor_type, shape)))
+        tensors.append(_gguf_tensor(mm, t.name, t.offset, t.type, t.shape))
 
     skip = {gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE,
             gguf.Keys.General.QUANTIZATION_VERSION, gguf.Keys.General.ALIGNMENT}
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
-        for key, f in reader.fields.items():
-            if key in skip or key.startswith("GGUF."):
-                continue
-            sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(key, f.contents(), f.types[0], sub)
+        for key, f in header.fields.items():
+            if key not in skip:
+                w.add_key_value(key, f.value, f.type, f.sub_type)
 
     return _Plan(arch, n_layer, tensors, add_metadata)
 
 
-def _gguf_reader(path: Path, offset: int, qtype: gguf.GGMLQuantizationType,
-                 shape: tuple[int, ...]) -> Callable[[int, int], np.ndarray]:
+def _gguf_tensor(mm: mmap.mmap, name: str, offset: int, qtype: gguf.GGMLQuantizationType,
+                 shape: tuple[int, ...]) -> _Tensor:
     row = int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
-    dtype = _FLOAT_INPUTS[qtype]
+    dtype = np.dtype(_FLOAT_INPUTS[qtype])
+    row_bytes = row * dtype.itemsize
 
     def read(start: int, stop: int) -> np.ndarray:
-        # Plain reads (not the reader's mmap) so pages do not pile up in this process's RSS.
-        x = np.fromfile(path, dtype=dtype, count=(stop - start) * row, offset=offset + start * row * dtype().itemsize)
+        # Zero-copy view of the mapped file: F32 input goes straight to the quantizer.
+        x = np.frombuffer(mm, dtype=dtype, count=(stop - start) * row, offset=offset + start * row_bytes)
         if qtype == gguf.GGMLQuantizationType.BF16:
             x = (x.astype(np.uint32) << 16).view(np.float32)
         return x.astype(np.float32, copy=False).reshape((stop - start, *shape[1:]) if len(shape) > 1 else shape)
 
-    return read
+    def release(start: int, stop: int) -> None:
+        # Unmap what was read (it stays in the page cache): the mapping never piles up in our RSS.
+        begin = (offset + start * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, begin, offset + stop * row_bytes - begin)
+
+    return _Tensor(name, shape, read, release=release)
 
 
 def _imatrix(cfg: ConvertConfig, plan: _Plan) -> Any:

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
 from edgekit.progress import human_bytes
 
 
@@ -16,23 +15,12 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
     """Summary of a GGUF file: architecture, size, bits/weight, tensor types, metadata."""
     import gguf
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgekitError(f"{path}: no such file")
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:
-        raise EdgekitError(f"{path}: not a readable GGUF file (truncated or corrupt: {e})") from None
-    size = path.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise EdgekitError(f"{path}: truncated GGUF (tensor {t.name!r} runs past the end of the file)")
+    from edgekit.gguf_meta import read_header
 
+    header = read_header(path)
     metadata: dict[str, Any] = {}
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        value = f.contents()
+    for key, f in header.fields.items():
+        value = f.value
         if isinstance(value, list) and len(value) > 8:  # token lists etc.: say how long, not what
             value = f"[{len(value)} items]"
         metadata[key] = value
@@ -40,24 +28,22 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
     by_type: dict[str, dict[str, int]] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0})
     tensors = []
     n_params = n_bytes = 0
-    for t in reader.tensors:
-        shape = [int(d) for d in reversed(t.shape.tolist())]
-        n = int(np.prod(shape))
-        entry = by_type[t.tensor_type.name]
+    for t in header.tensors:
+        n = int(np.prod(t.shape))
+        entry = by_type[t.type.name]
         entry["tensors"] += 1
         entry["params"] += n
-        entry["bytes"] += int(t.n_bytes)
+        entry["bytes"] += t.nbytes
         n_params += n
-        n_bytes += int(t.n_bytes)
-        tensors.append({"name": t.name, "type": t.tensor_type.name, "shape": shape, "bytes": int(t.n_bytes)})
-    arch = metadata.get("general.architecture", "?")
+        n_bytes += t.nbytes
+        tensors.append({"name": t.name, "type": t.type.name, "shape": list(t.shape), "bytes": t.nbytes})
     ftype = metadata.get("general.file_type")
     return {
-        "file": str(path),
-        "architecture": arch,
+        "file": str(header.path),
+        "architecture": metadata.get("general.architecture", "?"),
         "name": metadata.get("general.name"),
         "file_type": gguf.LlamaFileType(ftype).name if ftype is not None else None,
-        "file_bytes": size,
+        "file_bytes": header.file_size,
         "n_tensors": len(tensors),
         "n_params": n_params,
         "bits_per_weight": 8 * n_bytes / max(n_params, 1),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 STYLES = ("gpt2", "llama3", "qwen2", "spm", "phi3")
@@ -91,7 +91,7 @@ def training_lines(limit: int = _TRAIN_BYTES) -> Iterator[str]:
                 return
 
 
-def build_tokenizer(out_dir: Path, style: str, vocab_size: int = 512) -> None:
+def build_tokenizer(out_dir: Path, style: str, vocab_size: int = 512, lines: Iterable[str] | None = None) -> None:
     """Train a `style` tokenizer of `vocab_size` tokens into `out_dir` (tokenizer.json and
     tokenizer_config.json; plus tokenizer.model for "spm"), loadable by `AutoTokenizer`."""
     if style not in STYLES:
@@ -102,14 +102,14 @@ def build_tokenizer(out_dir: Path, style: str, vocab_size: int = 512) -> None:
     for name in _TOKENIZER_FILES:
         (out_dir / name).unlink(missing_ok=True)
     if style == "spm":
-        config = _build_spm(out_dir, vocab_size)
+        config = _build_spm(out_dir, vocab_size, lines)
     else:
-        config = _build_byte_level(out_dir, style, vocab_size)
+        config = _build_byte_level(out_dir, style, vocab_size, lines)
     config["chat_template"] = _CHAT_TEMPLATES[style]
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def _build_byte_level(out_dir: Path, style: str, vocab_size: int) -> dict:
+def _build_byte_level(out_dir: Path, style: str, vocab_size: int, lines: Iterable[str] | None) -> dict:
     from tokenizers import (
         AddedToken,
         Regex,
@@ -160,7 +160,7 @@ def _build_byte_level(out_dir: Path, style: str, vocab_size: int) -> dict:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(training_lines(), trainer=trainer)
+    tok.train_from_iterator(lines if lines is not None else training_lines(), trainer=trainer)
     if tok.get_vocab_size() + len(specials) != vocab_size:
         raise ValueError(f"corpus too small for a {vocab_size}-token {style} vocabulary")
     if style == "phi3":
@@ -202,7 +202,7 @@ def _build_byte_level(out_dir: Path, style: str, vocab_size: int) -> dict:
     return config
 
 
-def _build_spm(out_dir: Path, vocab_size: int) -> dict:
+def _build_spm(out_dir: Path, vocab_size: int, lines: Iterable[str] | None) -> dict:
     import io
 
     import sentencepiece as spm
@@ -211,7 +211,7 @@ def _build_spm(out_dir: Path, vocab_size: int) -> dict:
     model = io.BytesIO()
     # The settings of Llama 2 / Mistral's tokenizer.model, scaled down.
     spm.SentencePieceTrainer.train(
-        sentence_iterator=training_lines(),
+        sentence_iterator=iter(lines if lines is not None else training_lines()),
         model_writer=model,
         model_type="bpe",
         vocab_size=vocab_size,

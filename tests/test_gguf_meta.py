@@ -1,0 +1,38 @@
+"""Our fast GGUF header reader must agree with gguf-py's GGUFReader on every field and tensor."""
+
+from __future__ import annotations
+
+import gguf
+import pytest
+
+from edgekit.converters.gguf_export import ConvertConfig, convert
+from edgekit.errors import EdgekitError
+from edgekit.gguf_meta import read_header
+
+
+@pytest.mark.parametrize("arch,quant", [("llama", "q4_k_m"), ("mistral", "f16"), ("qwen2", "q8_0")])
+def test_matches_gguf_py(arch, quant, tiny_models, tmp_path):
+    out = tmp_path / "m.gguf"
+    convert(ConvertConfig(source=tiny_models[arch], output=out, quant=quant, progress=False))
+    ours, ref = read_header(out), gguf.GGUFReader(out)
+    ref_fields = {k: f for k, f in ref.fields.items() if not k.startswith("GGUF.")}
+    assert ours.fields.keys() == ref_fields.keys()
+    for key, f in ref_fields.items():
+        assert ours.fields[key].type == f.types[0], key
+        assert ours.fields[key].value == f.contents(), key
+    assert [(t.name, t.type, t.shape, t.offset, t.nbytes) for t in ours.tensors] == [
+        (t.name, t.tensor_type, tuple(int(d) for d in reversed(t.shape.tolist())), t.data_offset, int(t.n_bytes))
+        for t in ref.tensors]
+
+
+def test_truncated_and_foreign_files(tiny_models, tmp_path):
+    good = tmp_path / "good.gguf"
+    convert(ConvertConfig(source=tiny_models["qwen2"], output=good, quant="f16", progress=False))
+    data = good.read_bytes()
+    for cut in (10, 200, 5000, len(data) // 2, len(data) - 1):
+        (tmp_path / "cut.gguf").write_bytes(data[:cut])
+        with pytest.raises(EdgekitError, match="cut.gguf"):
+            read_header(tmp_path / "cut.gguf")
+    (tmp_path / "x.gguf").write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(EdgekitError, match="not a GGUF file"):
+        read_header(tmp_path / "x.gguf")
