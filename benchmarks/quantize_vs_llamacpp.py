@@ -104,8 +104,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="runs per tool; the best time counts")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/edgekit-bench"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quantize_vs_llamacpp.md")
+    ap.add_argument("--out", type=Path, help="markdown report (default: results/quantize_vs_llamacpp_QUANT.md)")
     args = ap.parse_args()
+    args.out = args.out or Path(__file__).parent / "results" / f"quantize_vs_llamacpp_{args.quant}.md"
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
     f32 = build_f32_gguf(args.work_dir, args.shape)

@@ -14,6 +14,12 @@ from edgekit.errors import EdgekitError
 def _convert(args: argparse.Namespace) -> int:
     from edgekit.converters.gguf_export import ConvertConfig, convert
 
+    if (args.source is None) == (not args.demo):
+        raise EdgekitError("give a model to convert, or --demo for the built-in demo model (not both)")
+    if args.demo:
+        from edgekit.demo import model_dir
+
+        args.source, args.name = model_dir(), args.name or "edgekit-demo"
     if args.output.suffix != ".gguf":
         raise EdgekitError(f"{args.output}: only .gguf output is supported so far")
     result = convert(ConvertConfig(source=args.source, output=args.output, quant=args.quant,
@@ -30,6 +36,15 @@ def _imatrix(args: argparse.Namespace) -> int:
                                  threads=args.threads, progress=not args.quiet)
     imatrix.save(args.output, stats, dataset=args.data.name, ctx=args.ctx)
     print(imatrix.summary(args.output, stats, args.ctx))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from edgekit.evaluate import evaluate
+
+    result = evaluate(args.model, args.data, ref=args.ref, ctx=args.ctx, stride=args.stride,
+                      max_windows=args.max_windows, tokenizer=args.tokenizer, progress=not args.quiet)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.report())
     return 0
 
 
@@ -61,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "file that llama.cpp runs.\n\nquantization schemes (--quant):\n" + quant_help,
         epilog="examples:\n  edgekit convert ./Qwen2.5-0.5B-Instruct -o qwen-q4km.gguf --quant q4_k_m\n"
                "  edgekit convert ./my-llama -o my-llama-q8.gguf --quant q8_0 --imatrix calib.txt\n"
-               "  edgekit convert model-f16.gguf -o model-q4km.gguf --quant q4_k_m")
-    c.add_argument("source", type=Path, help="HF model directory (config.json, *.safetensors, tokenizer) or .gguf")
+               "  edgekit convert model-f16.gguf -o model-q4km.gguf --quant q4_k_m\n"
+               "  edgekit convert --demo -o demo.gguf --quant q4_k_m")
+    c.add_argument("source", type=Path, nargs="?",
+                   help="HF model directory (config.json, *.safetensors, tokenizer) or .gguf")
+    c.add_argument("--demo", action="store_true",
+                   help="convert the built-in demo model (a small Llama trained on Python's standard library)")
     c.add_argument("-o", "--output", type=Path, required=True, help="output .gguf file")
     c.add_argument("--quant", default="q4_k_m", choices=list(SCHEMES), metavar="SCHEME",
                    help="quantization scheme (default: q4_k_m; see the list above)")
@@ -89,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_imatrix)
+
+    e = sub.add_parser(
+        "eval", help="perplexity on text; KL-divergence and top-1 agreement against a reference model",
+        description="Score a model (HF directory or .gguf) on held-out text: its perplexity and, with --ref,\n"
+                    "the reference's perplexity, ΔPPL, KL-divergence(ref || model) of the next-token\n"
+                    "distributions and top-1 agreement. Both models get the same token ids, window by window.",
+        epilog="examples:\n  edgekit eval qwen-q4km.gguf --ref ./Qwen2.5-0.5B-Instruct --data wiki.test.txt\n"
+               "  edgekit eval ./my-hf-model --data held-out/ --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("model", type=Path, help="model to score: HF directory or .gguf file")
+    e.add_argument("--ref", type=Path, help="reference model (HF directory or .gguf) to compare with")
+    e.add_argument("--data", type=Path, action="append", required=True, metavar="FILE|DIR",
+                   help="UTF-8 text file, or a directory of *.txt / *.py files (repeatable)")
+    e.add_argument("--tokenizer", type=Path, metavar="DIR",
+                   help="HF tokenizer directory (default: the reference's, else the model's; a lone GGUF uses "
+                        "llama.cpp's own)")
+    e.add_argument("--ctx", type=int, default=512, help="tokens per window (default: 512)")
+    e.add_argument("--stride", type=int, help="tokens between window starts (default: a whole window)")
+    e.add_argument("--max-windows", type=int, metavar="N", help="score at most N windows")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_eval)
 
     i = sub.add_parser("inspect", help="summarise a GGUF file: architecture, tensors, types, size, metadata",
                        description="Show what is inside a GGUF file.")

@@ -34,7 +34,7 @@ def no_leftovers(d: Path, allowed: set[str]) -> None:
     assert {p.name for p in d.iterdir()} == allowed, "partial output left behind"
 
 
-@pytest.mark.parametrize("cmd", [[], ["convert"], ["inspect"], ["imatrix"]])
+@pytest.mark.parametrize("cmd", [[], ["convert"], ["inspect"], ["imatrix"], ["eval"]])
 def test_help(cmd):
     r = run(*cmd, "--help")
     assert r.returncode == 0 and "usage: edgekit" in r.stdout
