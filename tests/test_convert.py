@@ -10,6 +10,7 @@ import pytest
 from conftest import ARCHS, hf_logits, llama_logits, prompt_tokens
 
 from edgekit.converters.gguf_export import ConvertConfig, convert
+from edgekit.llamacpp import quantize as llama_quantize
 
 
 def _convert(src: Path, out: Path, quant: str) -> Path:
@@ -63,34 +64,18 @@ def test_quantized_logits_match_dequantized_transformers(arch, quant, tiny_model
         assert _rel_rms(got, orig) > 4 * _rel_rms(got, deq)
 
 
-def _llama_quantize(src: Path, dst: Path, ftype: gguf.LlamaFileType, pure: bool = False) -> Path:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(ftype)
-    params.pure = pure  # one type for every weight, no per-tensor mix
-    params.nthread = 2
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    assert rc == 0
-    return dst
-
-
 def _tensors(path: Path) -> dict[str, tuple[str, bytes]]:
     return {t.name: (t.tensor_type.name, bytes(t.data.tobytes())) for t in gguf.GGUFReader(path).tensors}
 
 
-LLAMA_FTYPES = {"q4_k_m": (gguf.LlamaFileType.MOSTLY_Q4_K_M, False), "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, False),
-                "q6_k": (gguf.LlamaFileType.MOSTLY_Q6_K, False), "q4_k": (gguf.LlamaFileType.MOSTLY_Q4_K_S, True)}
-
-
-@pytest.mark.parametrize("quant", list(LLAMA_FTYPES))
+@pytest.mark.parametrize("quant", ["q4_k_m", "q8_0", "q6_k", "q4_k"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_identical_to_llama_quantize(arch, quant, tiny_models, tmp_path):
     """Our file == llama.cpp's quantization of our F32 file: same type and bytes for every tensor."""
     src = tiny_models[arch]
     ours = _tensors(_convert(src, tmp_path / "ours.gguf", quant))
     f32 = _convert(src, tmp_path / "f32.gguf", "f32")
-    theirs = _tensors(_llama_quantize(f32, tmp_path / "theirs.gguf", *LLAMA_FTYPES[quant]))
+    theirs = _tensors(llama_quantize(f32, tmp_path / "theirs.gguf", quant))
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert ours[name][0] == theirs[name][0], f"{name}: type {ours[name][0]} vs llama.cpp {theirs[name][0]}"
@@ -135,7 +120,7 @@ def test_row_length_fallbacks_match_llama_quantize(tmp_path):
     src = build_tiny_model(tmp_path / "m", "qwen2", hidden=384, heads=6, kv_heads=2, ffn=1024)
     ours = _tensors(_convert(src, tmp_path / "ours.gguf", "q4_k_m"))
     f32 = _convert(src, tmp_path / "f32.gguf", "f32")
-    theirs = _tensors(_llama_quantize(f32, tmp_path / "theirs.gguf", gguf.LlamaFileType.MOSTLY_Q4_K_M))
+    theirs = _tensors(llama_quantize(f32, tmp_path / "theirs.gguf", "q4_k_m"))
     assert {t for t, _ in ours.values()} >= {"Q5_0", "Q8_0", "Q4_K", "Q6_K"}
     assert ours == theirs
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import struct
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 from edgekit.converters import imatrix
 from edgekit.errors import EdgekitError
+from edgekit.llamacpp import quantize as llama_quantize
 
 # Code and prose: enough tokens for several 32-token chunks with the tiny tokenizers.
 CALIB = (Path(__file__).read_text() + "\nThe quick brown fox jumps over the lazy dog. 12345 çà 日本\n") * 2
@@ -254,26 +254,6 @@ def test_cli_convert_with_calibration_text(models, tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
-def _llama_quantize(src: Path, dst: Path, ftype: gguf.LlamaFileType, imp: dict[str, np.ndarray]) -> Path:
-    """llama.cpp's own quantization with an importance matrix (what `llama-quantize --imatrix` does).
-
-    params.imatrix is an array of {name, data, size} entries ended by one with a NULL name.
-    """
-    import llama_cpp
-
-    names = sorted(imp)
-    arrays = [np.ascontiguousarray(imp[n], dtype=np.float32) for n in names]
-    entries = (llama_cpp.llama_model_imatrix_data * (len(names) + 1))()
-    for e, name, a in zip(entries, names, arrays, strict=False):
-        e.name, e.data, e.size = name.encode(), a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), a.size
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(ftype)
-    params.nthread = 2
-    params.imatrix = entries
-    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) == 0
-    return dst
-
-
 def test_identical_to_llama_quantize_with_imatrix(models, tmp_path):
     """Our q4_k_m + imatrix == llama.cpp's imatrix-weighted Q4_K_M of our F32 file, tensor by tensor."""
     src = models["qwen2"]
@@ -282,10 +262,10 @@ def test_identical_to_llama_quantize_with_imatrix(models, tmp_path):
     r = _cli("convert", src, "-o", tmp_path / "ours.gguf", "--quant", "q4_k_m", "--imatrix", path, "-q")
     assert r.returncode == 0, r.stderr
     ours = _tensors(tmp_path / "ours.gguf")
-    ftype = gguf.LlamaFileType.MOSTLY_Q4_K_M
-    theirs = _tensors(_llama_quantize(_f32(src), tmp_path / "theirs.gguf", ftype, imatrix.load(path).importance()))
+    imp = imatrix.load(path).importance()
+    theirs = _tensors(llama_quantize(_f32(src), tmp_path / "theirs.gguf", "q4_k_m", importance=imp))
     # The imatrix must have reached llama.cpp, or the comparison below would prove nothing.
-    plain = _tensors(_llama_quantize(_f32(src), tmp_path / "plain.gguf", ftype, {}))
+    plain = _tensors(llama_quantize(_f32(src), tmp_path / "plain.gguf", "q4_k_m"))
     assert theirs["blk.0.attn_q.weight"] != plain["blk.0.attn_q.weight"]
     assert theirs["token_embd.weight"] != plain["token_embd.weight"]  # Q6_K
     assert ours.keys() == theirs.keys()
