@@ -26,7 +26,27 @@ def _convert(args: argparse.Namespace) -> int:
                                    imatrix=args.imatrix, threads=args.threads, progress=not args.quiet,
                                    name=args.name))
     print(result.summary())
+    eval_data = args.eval_data
+    if args.demo and not eval_data:
+        from edgekit.demo import corpus
+
+        eval_data = corpus.split()[1]  # the demo's documented held-out files
+    if eval_data:
+        print(_compression_report(args.source, result, eval_data, args.eval_windows, quiet=args.quiet))
     return 0
+
+
+def _compression_report(source: Path, result, data: list[Path], max_windows: int, quiet: bool) -> str:
+    """What the conversion cost: size before/after, bits/weight, and accuracy against the source."""
+    from edgekit.evaluate import evaluate
+    from edgekit.progress import human_bytes
+
+    before = source.stat().st_size if source.is_file() else sum(f.stat().st_size for f in source.glob("*.safetensors"))
+    r = evaluate(result.output, data, ref=source, ctx=256, max_windows=max_windows, progress=not quiet)
+    return (f"compression report: {human_bytes(before)} -> {human_bytes(result.file_bytes)} "
+            f"({before / result.file_bytes:.1f}x smaller, {result.bits_per_weight:.2f} bits/weight); on "
+            f"{r.tokens:,} held-out tokens: PPL {r.ref_ppl:.3f} -> {r.ppl:.3f} ({r.delta_ppl_pct:+.2f} %), "
+            f"mean KL {r.kl_mean:.5f}, top-1 agreement {100 * r.top1:.2f} %")
 
 
 def _imatrix(args: argparse.Namespace) -> int:
@@ -88,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--imatrix", type=Path, metavar="FILE",
                    help="calibration text (.txt, run through the model) or activation statistics "
                         "(.gguf/.dat imatrix file) to weight the Q4_K/Q6_K scale search")
+    c.add_argument("--eval-data", type=Path, action="append", metavar="FILE|DIR",
+                   help="after converting, report perplexity/KL against the source on this text (repeatable; "
+                        "--demo uses its held-out split by default)")
+    c.add_argument("--eval-windows", type=int, default=200, metavar="N",
+                   help="at most N windows of 256 tokens for that report (default: 200)")
     c.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
     c.add_argument("--name", help="model name stored in the file (default: the source's name)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -13,17 +13,11 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+# Pre-tokenizer regexes exactly as the original tokenizer.json files spell them (the converter's table).
+from edgekit.converters.tokenizer import LLAMA3_REGEX, QWEN2_REGEX
+
 STYLES = ("gpt2", "llama3", "qwen2", "spm", "phi3")
 
-# Pre-tokenizer regexes exactly as the original tokenizer.json files spell them.
-LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 _TRAIN_BYTES = 2_000_000
 

@@ -18,6 +18,19 @@
  * The sub-blocks run side by side as lanes (xt[i][j] is value i of sub-block j): each lane does
  * exactly the scalar algorithm's operations in the same order, so the bytes match ggml, while
  * the compiler can vectorize across lanes. Levels are int32 so that all lanes have one width. */
+/* Per lane: levels at inverse scale iscale, and the weighted sums sum(w*x*l) and sum(w*l*l). */
+static inline void weighted_sums(const float xt[SUB][NSUB], const float wt[SUB][NSUB], const float iscale[NSUB],
+                                 float sumlx[NSUB], float suml2[NSUB]) {
+    for (int j = 0; j < NSUB; j++) sumlx[j] = suml2[j] = 0;
+    for (int i = 0; i < SUB; i++) {
+        for (int j = 0; j < NSUB; j++) {
+            const int l = ek_imax(-NMAX, ek_imin(NMAX - 1, ek_nearest_int(iscale[j] * xt[i][j])));
+            sumlx[j] += wt[i][j] * xt[i][j] * l;
+            suml2[j] += wt[i][j] * l * l;
+        }
+    }
+}
+
 static void fit_symmetric(const float xt[SUB][NSUB], const float wt[SUB][NSUB], int32_t Lt[SUB][NSUB],
                           float scale_out[NSUB]) {
     float amax[NSUB], max[NSUB], iscale[NSUB], sumlx[NSUB], suml2[NSUB], scale[NSUB], best[NSUB];
@@ -34,17 +47,8 @@ static void fit_symmetric(const float xt[SUB][NSUB], const float wt[SUB][NSUB], 
     }
 
     /* Lanes that are all zeros (amax < 1e-15) compute inf/NaN below and are reset at the end. */
-    for (int j = 0; j < NSUB; j++) {
-        iscale[j] = -NMAX / max[j];
-        sumlx[j] = suml2[j] = 0;
-    }
-    for (int i = 0; i < SUB; i++) {
-        for (int j = 0; j < NSUB; j++) {
-            const int l = ek_imax(-NMAX, ek_imin(NMAX - 1, ek_nearest_int(iscale[j] * xt[i][j])));
-            sumlx[j] += wt[i][j] * xt[i][j] * l;
-            suml2[j] += wt[i][j] * l * l;
-        }
-    }
+    for (int j = 0; j < NSUB; j++) iscale[j] = -NMAX / max[j];
+    weighted_sums(xt, wt, iscale, sumlx, suml2);
     for (int j = 0; j < NSUB; j++) {
         scale[j] = suml2[j] ? sumlx[j] / suml2[j] : 0.0f;
         best[j] = scale[j] * sumlx[j];
@@ -52,17 +56,8 @@ static void fit_symmetric(const float xt[SUB][NSUB], const float wt[SUB][NSUB], 
     }
     for (int k = -9; k <= 9; k++) {
         if (k == 0) continue;
-        for (int j = 0; j < NSUB; j++) {
-            iscale[j] = -(NMAX + 0.1f * k) / max[j];
-            sumlx[j] = suml2[j] = 0;
-        }
-        for (int i = 0; i < SUB; i++) {
-            for (int j = 0; j < NSUB; j++) {
-                const int l = ek_imax(-NMAX, ek_imin(NMAX - 1, ek_nearest_int(iscale[j] * xt[i][j])));
-                sumlx[j] += wt[i][j] * xt[i][j] * l;
-                suml2[j] += wt[i][j] * l * l;
-            }
-        }
+        for (int j = 0; j < NSUB; j++) iscale[j] = -(NMAX + 0.1f * k) / max[j];
+        weighted_sums(xt, wt, iscale, sumlx, suml2);
         for (int j = 0; j < NSUB; j++) {
             if (suml2[j] > 0 && sumlx[j] * sumlx[j] > best[j] * suml2[j]) {
                 scale[j] = sumlx[j] / suml2[j];
