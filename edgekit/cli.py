@@ -165,8 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_third_party_logs() -> None:
+    """torchao (imported by transformers when installed) warns at import about CUDA kernels and
+    deprecated pytree registrations: nothing a user of this CPU tool can act on."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_third_party_logs()
     try:
         return args.func(args)
     except EdgekitError as e:
