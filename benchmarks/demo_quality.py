@@ -31,7 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/edgekit-demo-quality"))
     ap.add_argument("--ctx", type=int, default=256)
-    ap.add_argument("--max-windows", type=int, default=None)
+    ap.add_argument("--max-windows", type=int, default=200, help="windows per model (the .pte runs a token per call)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "demo_quality.md")
     args = ap.parse_args()
     work = args.work_dir
@@ -63,6 +63,15 @@ def main() -> None:
         theirs = llama_quantize(f16, work / f"llama-{scheme}-imatrix.gguf", scheme, importance=importance)
         files.append((f"{scheme} + imatrix", "llama.cpp", theirs))
 
+    from edgekit.converters.executorch_export import PteConfig, export_pte
+
+    for label, emb in (("8da4w (.pte)", None), ("8da4w + 4w embeddings (.pte)", "4w")):
+        pte = work / f"demo-8da4w{'-emb4w' if emb else ''}" / "model.pte"  # one dir each: tokenizer sidecars
+        pte.parent.mkdir(exist_ok=True)
+        export_pte(PteConfig(source=demo, output=pte, quant="8da4w", group_size=32, embedding_quant=emb,
+                             max_seq_len=args.ctx))
+        files.append((label, "ExecuTorch", pte))
+
     base = evaluate(demo, heldout, ctx=args.ctx, max_windows=args.max_windows, progress=False)
     rows = []
     for scheme, tool, path in files:
@@ -87,11 +96,14 @@ def main() -> None:
         "KL = mean KL(original || quantized) of next-token distributions, nats/token. imatrix: "
         f"{calib.stat().st_size // 1000} kB of training-split text, {args.ctx}-token chunks.",
         "",
+        "bits/weight of a .pte is its file size over the parameter count (the program has no per-tensor table).",
+        "",
         "| scheme | quantized by | size (MiB) | bits/weight | PPL | ΔPPL | mean KL | top-1 agreement |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    n_params = info["params"]
     for scheme, tool, path, r in rows:
-        bpw = inspect_gguf(path)["bits_per_weight"]
+        bpw = inspect_gguf(path)["bits_per_weight"] if path.suffix == ".gguf" else 8 * path.stat().st_size / n_params
         lines.append(f"| {scheme} | {tool} | {path.stat().st_size / mib:.2f} | {bpw:.2f} | {r.ppl:.3f} | "
                      f"{r.delta_ppl_pct:+.2f}% | {r.kl_mean:.5f} | {100 * r.top1:.2f}% |")
     report = "\n".join(lines) + "\n"

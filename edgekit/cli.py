@@ -13,6 +13,7 @@ from edgekit.errors import EdgekitError
 
 def _convert(args: argparse.Namespace) -> int:
     from edgekit.converters.gguf_export import ConvertConfig, convert
+    from edgekit.converters.mix import SCHEMES
 
     if (args.source is None) == (not args.demo):
         raise EdgekitError("give a model to convert, or --demo for the built-in demo model (not both)")
@@ -20,9 +21,18 @@ def _convert(args: argparse.Namespace) -> int:
         from edgekit.demo import model_dir
 
         args.source, args.name = model_dir(), args.name or "edgekit-demo"
+    if args.output.suffix == ".pte":
+        return _convert_pte(args)
     if args.output.suffix != ".gguf":
-        raise EdgekitError(f"{args.output}: only .gguf output is supported so far")
-    result = convert(ConvertConfig(source=args.source, output=args.output, quant=args.quant,
+        raise EdgekitError(f"{args.output}: output must be a .gguf (llama.cpp) or .pte (ExecuTorch) file")
+    pte_only = [f for f, v in (("--group-size", args.group_size), ("--embedding-quant", args.embedding_quant),
+                               ("--max-seq-len", args.max_seq_len)) if v is not None]
+    if pte_only:
+        raise EdgekitError(f"{', '.join(pte_only)}: only for .pte output")
+    quant = args.quant or "q4_k_m"
+    if quant not in SCHEMES:
+        raise EdgekitError(f"--quant {quant} is for .pte output; GGUF schemes: {', '.join(SCHEMES)}")
+    result = convert(ConvertConfig(source=args.source, output=args.output, quant=quant,
                                    imatrix=args.imatrix, threads=args.threads, progress=not args.quiet,
                                    name=args.name))
     print(result.summary())
@@ -33,6 +43,27 @@ def _convert(args: argparse.Namespace) -> int:
         eval_data = corpus.split()[1]  # the demo's documented held-out files
     if eval_data:
         print(_compression_report(args.source, result, eval_data, args.eval_windows, quiet=args.quiet))
+    return 0
+
+
+def _convert_pte(args: argparse.Namespace) -> int:
+    from edgekit.converters.executorch_export import QUANTS, PteConfig, export_pte
+
+    quant = args.quant or "8da4w"
+    if quant not in QUANTS:
+        raise EdgekitError(f"--quant {quant} is for .gguf output; .pte schemes: {', '.join(QUANTS)}")
+    for flag, value in (("--imatrix", args.imatrix), ("--eval-data", args.eval_data)):
+        if value:
+            raise EdgekitError(f"{flag}: only for .gguf output so far")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = export_pte(PteConfig(
+        source=args.source, output=args.output, quant=quant, group_size=args.group_size or 32,
+        embedding_quant=args.embedding_quant, max_seq_len=args.max_seq_len, name=args.name,
+        log=None if args.quiet else lambda msg: print(f"edgekit: {msg}", file=sys.stderr)))
+    print(result.summary())
     return 0
 
 
@@ -71,6 +102,15 @@ def _eval(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from edgekit.inspect import format_report, inspect_gguf
 
+    if args.file.suffix == ".pte":
+        from edgekit.inspect_pte import format_report as format_pte
+        from edgekit.inspect_pte import inspect_pte
+
+        if args.tensors:
+            raise EdgekitError("--tensors: only for .gguf files (a .pte keeps its weights inside delegate blobs)")
+        info = inspect_pte(args.file)
+        print(json.dumps(info, indent=2, default=str) if args.json else format_pte(info))
+        return 0
     info = inspect_gguf(args.file)
     if args.json:
         if not args.tensors:
@@ -82,6 +122,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgekit.converters.executorch_export import EMBEDDING_QUANTS, GROUP_SIZES, QUANTS
     from edgekit.converters.mix import SCHEMES
 
     p = argparse.ArgumentParser(prog="edgekit", description="Put language models on the devices people own.")
@@ -89,22 +130,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     quant_help = "\n".join(f"  {k:<7} {s.help}" for k, s in SCHEMES.items())
+    pte_help = "\n".join(f"  {k:<7} {h}" for k, h in QUANTS.items())
+    emb_help = "\n".join(f"  {k:<7} {h}" for k, h in EMBEDDING_QUANTS.items())
     c = sub.add_parser(
-        "convert", help="convert a Hugging Face model (or a float GGUF) to a quantized GGUF",
+        "convert", help="convert a Hugging Face model to a quantized GGUF (llama.cpp) or .pte (ExecuTorch)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert a Hugging Face checkpoint directory, or an F32/F16/BF16 .gguf, into a GGUF "
-                    "file that llama.cpp runs.\n\nquantization schemes (--quant):\n" + quant_help,
+                    "file that llama.cpp runs, or (HF input) an ExecuTorch .pte program.\n\n"
+                    ".gguf schemes (--quant, default q4_k_m):\n" + quant_help
+                    + "\n\n.pte schemes (--quant, default 8da4w):\n" + pte_help
+                    + "\n\n.pte embeddings (--embedding-quant, default: float):\n" + emb_help,
         epilog="examples:\n  edgekit convert ./Qwen2.5-0.5B-Instruct -o qwen-q4km.gguf --quant q4_k_m\n"
                "  edgekit convert ./my-llama -o my-llama-q8.gguf --quant q8_0 --imatrix calib.txt\n"
                "  edgekit convert model-f16.gguf -o model-q4km.gguf --quant q4_k_m\n"
-               "  edgekit convert --demo -o demo.gguf --quant q4_k_m")
+               "  edgekit convert --demo -o demo.gguf --quant q4_k_m\n"
+               "  edgekit convert ./SmolLM2-360M-Instruct -o smol.pte --quant 8da4w --group-size 32\n"
+               "  edgekit convert ./my-llama -o my-llama.pte --quant 8da4w --embedding-quant 4w --max-seq-len 2048")
     c.add_argument("source", type=Path, nargs="?",
                    help="HF model directory (config.json, *.safetensors, tokenizer) or .gguf")
     c.add_argument("--demo", action="store_true",
                    help="convert the built-in demo model (a small Llama trained on Python's standard library)")
-    c.add_argument("-o", "--output", type=Path, required=True, help="output .gguf file")
-    c.add_argument("--quant", default="q4_k_m", choices=list(SCHEMES), metavar="SCHEME",
-                   help="quantization scheme (default: q4_k_m; see the list above)")
+    c.add_argument("-o", "--output", type=Path, required=True, help="output file: .gguf or .pte")
+    c.add_argument("--quant", choices=[*SCHEMES, *QUANTS], metavar="SCHEME",
+                   help="quantization scheme (default: q4_k_m for .gguf, 8da4w for .pte; see the lists above)")
+    c.add_argument("--group-size", type=int, choices=GROUP_SIZES, metavar="N",
+                   help=".pte: weights per int4 scale for 8da4w and 4w embeddings: "
+                        f"{', '.join(map(str, GROUP_SIZES))} (default: 32)")
+    c.add_argument("--embedding-quant", choices=list(EMBEDDING_QUANTS), metavar="SCHEME",
+                   help=".pte: quantize the token embeddings too (4w or 8w; default: float)")
+    c.add_argument("--max-seq-len", type=int, metavar="N",
+                   help=".pte: KV-cache length, prompt plus generated tokens (default: the model's context, "
+                        "at most 2048)")
     c.add_argument("--imatrix", type=Path, metavar="FILE",
                    help="calibration text (.txt, run through the model) or activation statistics "
                         "(.gguf/.dat imatrix file) to weight the Q4_K/Q6_K scale search")
@@ -156,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_eval)
 
-    i = sub.add_parser("inspect", help="summarise a GGUF file: architecture, tensors, types, size, metadata",
-                       description="Show what is inside a GGUF file.")
-    i.add_argument("file", type=Path, help="a .gguf file")
+    i = sub.add_parser("inspect", help="summarise a GGUF or .pte file: architecture, tensors/methods, types, size",
+                       description="Show what is inside a GGUF file or an ExecuTorch .pte program.")
+    i.add_argument("file", type=Path, help="a .gguf or .pte file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--tensors", action="store_true", help="list every tensor")
     i.set_defaults(func=_inspect)

@@ -115,15 +115,36 @@ class GGUFBackend:
             self._llm = None
 
 
-def _open_pte(path: Path, ctx: int) -> Backend:
-    # The place for an ExecuTorch backend: load the program, run "forward" on a window, return
-    # float32 [n, vocab] logits; token_texts may return None (a .pte carries no vocabulary).
-    raise EdgekitError(f"{path}: evaluating ExecuTorch .pte files is not supported yet (use the .gguf or the "
-                       "Hugging Face directory)")
+class PTEBackend:
+    """An ExecuTorch .pte program run by the ExecuTorch runtime (edgekit.runtime_et).
+
+    The exported program returns only the last position's logits, so a window is fed one token per
+    call: slower than the other backends, but the same numbers a device would compute."""
+
+    def __init__(self, path: Path, ctx: int) -> None:
+        from edgekit.runtime_et import EtModel
+
+        self.path = path
+        self._m: EtModel | None = EtModel(path)
+        if ctx > self._m.max_seq_len:
+            raise EdgekitError(f"{path}: --ctx {ctx} exceeds the program's KV cache of {self._m.max_seq_len} "
+                               "tokens (export with a larger --max-seq-len, or lower --ctx)")
+        vocab = self._m.metadata.get("get_vocab_size")
+        self.vocab_size = int(vocab) if vocab is not None else int(self._m.forward([0], 0).shape[-1])
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        assert self._m is not None
+        return self._m.logits(tokens).astype(np.float32, copy=False)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str | None] | None:
+        return None  # a .pte carries no vocabulary; its tokenizer.json sidecar is checked instead
+
+    def close(self) -> None:
+        self._m = None
 
 
 # Model files by suffix; a directory is a Hugging Face checkpoint.
-_FILE_BACKENDS: dict[str, Callable[[Path, int], Backend]] = {".gguf": GGUFBackend, ".pte": _open_pte}
+_FILE_BACKENDS: dict[str, Callable[[Path, int], Backend]] = {".gguf": GGUFBackend, ".pte": PTEBackend}
 
 
 def _check_model_path(path: Path) -> None:
@@ -133,7 +154,7 @@ def _check_model_path(path: Path) -> None:
         if not (path / "config.json").is_file():
             raise EdgekitError(f"{path}: not a Hugging Face model directory (no config.json)")
     elif path.suffix.lower() not in _FILE_BACKENDS:
-        raise EdgekitError(f"{path}: unsupported model file (expected a .gguf file or a Hugging Face directory)")
+        raise EdgekitError(f"{path}: unsupported model file (expected .gguf, .pte or a Hugging Face directory)")
 
 
 def open_model(path: str | Path, *, ctx: int = 512) -> Backend:
@@ -211,6 +232,9 @@ def _choose_tokenizer(model: Path, ref: Path | None, tokenizer: Path | None) -> 
     for p in candidates:
         if p.is_dir():
             return _load_hf_tokenizer(p)
+    for p in candidates:  # a .pte ships its tokenizer.json beside it
+        if p.suffix.lower() == ".pte" and (p.parent / "tokenizer.json").is_file():
+            return _load_hf_tokenizer(p.parent)
     for p in candidates:
         if p.suffix.lower() == ".gguf":
             return _load_llama_tokenizer(p)

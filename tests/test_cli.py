@@ -139,3 +139,16 @@ def test_requantize_refuses_quantized_input(tiny_models, tmp_path):
     q = tmp_path / "q.gguf"
     assert run("convert", tiny_models["qwen2"], "-o", q, "--quant", "q8_0").returncode == 0
     assert_clean_error(run("convert", q, "-o", tmp_path / "o.gguf"), "already Q8_0")
+
+
+def test_demo_convert_end_to_end(tmp_path):
+    """The README's main job: the packaged demo teacher -> Q4_K_M GGUF -> llama.cpp on held-out text."""
+    out = tmp_path / "demo.gguf"
+    r = run("convert", "--demo", "-o", out, "--quant", "q4_k_m", "--eval-windows", "8")
+    assert r.returncode == 0, r.stderr
+    report = r.stdout.splitlines()[-1]
+    assert report.startswith("compression report:") and "held-out tokens" in report
+    # a trained model: quantization costs little, and the quantized file still mostly agrees
+    ppl_ref, ppl_q = (float(x) for x in report.split("PPL ")[1].split(" (")[0].split(" -> "))
+    assert ppl_ref < 100 and abs(ppl_q / ppl_ref - 1) < 0.1
+    assert float(report.split("top-1 agreement ")[1].split(" %")[0]) > 80

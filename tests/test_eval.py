@@ -195,8 +195,8 @@ def test_errors(tiny_models, ggufs, data, tmp_path):
     with pytest.raises(EdgekitError) as e:
         evaluate(ggufs["f32"], data, ref=tiny_models["qwen2"], progress=False)
     assert str(ggufs["f32"]) in str(e.value) and str(tiny_models["qwen2"]) in str(e.value)
-    (tmp_path / "x.pte").write_bytes(b"x")
-    with pytest.raises(EdgekitError, match="not supported yet"):
+    (tmp_path / "x.pte").write_bytes(b"x" * 64)  # not a program: the ExecuTorch runtime refuses it
+    with pytest.raises(EdgekitError, match="x.pte: ExecuTorch cannot load it"):
         evaluate(tmp_path / "x.pte", data, tokenizer=model, progress=False)
 
 
@@ -233,3 +233,18 @@ def test_cli_errors(cli_main, tiny_models, data, tmp_path, capsys):
         assert cli_main(["eval", *argv]) == 1
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("edgekit: error:") and needle in err[0], err
+
+
+def test_pte_perplexity_matches_hf(tiny_models, tmp_path):
+    """An fp32 .pte run by the ExecuTorch runtime scores like its HF original (and finds its own tokenizer)."""
+    from edgekit.converters.executorch_export import PteConfig, export_pte
+
+    src = tiny_models["qwen3"]
+    pte = tmp_path / "m.pte"
+    export_pte(PteConfig(source=src, output=pte, quant="fp32", max_seq_len=64))
+    data = tmp_path / "d.txt"
+    data.write_text(TEXT)
+    r = evaluate(pte, data, ref=src, ctx=32, max_windows=3, progress=False)
+    assert abs(r.ppl / r.ref_ppl - 1) < 1e-4 and r.kl_mean < 1e-6 and r.top1 == 1.0
+    alone = evaluate(pte, data, ctx=32, max_windows=3, progress=False)  # tokenizer.json beside the .pte
+    assert abs(alone.ppl - r.ppl) < 1e-6 * r.ppl
