@@ -40,6 +40,7 @@ from typing import Any
 from edgekit.checkpoint import open_checkpoint
 from edgekit.converters import archs
 from edgekit.errors import EdgekitError
+from edgekit.outfile import check_output_path
 from edgekit.progress import human_bytes, peak_rss_bytes
 
 QUANTS = {
@@ -115,7 +116,7 @@ def export_pte(cfg: PteConfig) -> PteResult:
     log = cfg.log or (lambda _msg: None)
     _check_options(cfg)
     out = Path(cfg.output)
-    _check_writable(out)
+    check_output_path(out, ".pte")
     src = Path(cfg.source)
     ckpt = open_checkpoint(src)
     where = str(src / "config.json")
@@ -583,15 +584,3 @@ def _versions() -> dict[str, str]:
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _check_writable(out: Path) -> None:
-    parent = out.parent if str(out.parent) else Path(".")
-    if out.suffix != ".pte":
-        raise EdgekitError(f"{out}: an ExecuTorch program needs the .pte extension")
-    if out.is_dir():
-        raise EdgekitError(f"{out}: is a directory (give a .pte file name)")
-    if not parent.is_dir():
-        raise EdgekitError(f"{out}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise EdgekitError(f"{out}: directory {parent} is not writable")

@@ -26,6 +26,7 @@ from edgekit.converters import archs
 from edgekit.converters.mix import SCHEMES, choose_types, tensor_nbytes
 from edgekit.converters.quantize import quantize_tensor
 from edgekit.errors import EdgekitError
+from edgekit.outfile import check_output_path
 from edgekit.progress import bar, human_bytes, peak_rss_bytes
 
 
@@ -100,7 +101,7 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         raise EdgekitError(f"unknown --quant {cfg.quant!r} (choose from {', '.join(SCHEMES)})")
     scheme = SCHEMES[cfg.quant]
     out = Path(cfg.output)
-    _check_writable(out)
+    check_output_path(out, ".gguf")
     src = Path(cfg.source)
     plan = _plan_gguf(src) if src.suffix == ".gguf" and src.is_file() else _plan_hf(src, cfg.name)
     shapes = {t.name: t.shape for t in plan.tensors}
@@ -190,16 +191,6 @@ def _discard(writer: gguf.GGUFWriter, tmp: Path) -> None:
     except OSError:
         pass
     tmp.unlink(missing_ok=True)
-
-
-def _check_writable(out: Path) -> None:
-    parent = out.parent if str(out.parent) else Path(".")
-    if out.is_dir():
-        raise EdgekitError(f"{out}: is a directory (give a .gguf file name)")
-    if not parent.is_dir():
-        raise EdgekitError(f"{out}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise EdgekitError(f"{out}: directory {parent} is not writable")
 
 
 def _plan_hf(path: Path, name: str | None) -> _Plan:
