@@ -203,10 +203,10 @@ def main() -> None:
         "llama.cpp through llama-cpp-python; both pay a Python call per token.",
         "- \"RSS before load\" is the process after importing the runtime (for ExecuTorch's Python bindings "
         "that includes torch); an on-device C++ runner would not carry it.",
-        f"- llama.cpp ran with OMP_WAIT_POLICY={args.omp_wait_policy or '(unset)'}: the machine (2 cores) was "
-        "shared with a training process, and llama.cpp's spinning OpenMP threads then lose whole scheduler "
-        "slices (seen here on a tiny model at 2 threads: 284 ms/token spinning, 0.31 ms passive, 0.07 ms on "
-        "1 thread). ExecuTorch's thread pool needed no such setting.",
+        f"- llama.cpp ran with OMP_WAIT_POLICY={args.omp_wait_policy or '(unset: its default, spinning threads)'}. "
+        "On a machine where another process holds a core, spinning OpenMP threads lose whole scheduler slices "
+        "(seen here on a tiny model at 2 threads: 284 ms/token spinning, 0.31 ms passive); PASSIVE avoids that. "
+        "ExecuTorch's thread pool needs no such setting.",
     ]
     report = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
