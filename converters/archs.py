@@ -72,26 +72,34 @@ class Arch:
 
     @cached_property
     def patterns(self) -> list[tuple[re.Pattern[str], str]]:
-        return [(re.compile("^" + re.escape(hf).replace(r"\{bid\}", r"(\d+)") + "$"), gg)
-                for hf, gg in self.tensors.items()]
+        return [(_pattern(hf), gg) for hf, gg in self.tensors.items()]
+
+    @cached_property
+    def inverse_patterns(self) -> list[tuple[re.Pattern[str], str]]:
+        return [(_pattern(gg), hf) for hf, gg in self.tensors.items()]
 
     def gguf_name(self, hf_name: str) -> str | None:
         """GGUF name for a HF tensor name; None for buffers GGUF does not store."""
         if _IGNORED.search(hf_name):
             return None
-        for pattern, gguf in self.patterns:
-            m = pattern.match(hf_name)
-            if m:
-                return gguf.format(bid=m.group(1)) if m.groups() else gguf
-        raise KeyError(hf_name)
+        return _lookup(self.patterns, hf_name)
 
     def hf_name(self, gguf_name: str) -> str:
         """The inverse map (used to load GGUF weights back into transformers)."""
-        for hf, gguf in self.tensors.items():
-            m = re.match("^" + re.escape(gguf).replace(r"\{bid\}", r"(\d+)") + "$", gguf_name)
-            if m:
-                return hf.format(bid=m.group(1)) if m.groups() else hf
-        raise KeyError(gguf_name)
+        return _lookup(self.inverse_patterns, gguf_name)
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """A name template ("model.layers.{bid}.mlp...") as a regex capturing the block index."""
+    return re.compile("^" + re.escape(template).replace(r"\{bid\}", r"(\d+)") + "$")
+
+
+def _lookup(patterns: list[tuple[re.Pattern[str], str]], name: str) -> str:
+    for pattern, target in patterns:
+        m = pattern.match(name)
+        if m:
+            return target.format(bid=m.group(1)) if m.groups() else target
+    raise KeyError(name)
 
 
 ARCHITECTURES: dict[str, Arch] = {

@@ -242,16 +242,12 @@ def _choose_tokenizer(model: Path, ref: Path | None, tokenizer: Path | None) -> 
 
 
 def _gguf_token_texts(path: Path, ids: Sequence[int]) -> list[str | None] | None:
-    import gguf
+    from edgekit.gguf_meta import read_header
 
-    try:
-        f = gguf.GGUFReader(path).get_field("tokenizer.ggml.tokens")
-    except Exception:  # gguf-py raises assorted errors on odd files; llama.cpp already loaded it
+    tokens = read_header(path).get("tokenizer.ggml.tokens")
+    if tokens is None:
         return None
-    if f is None:
-        return None
-    n = len(f.data)
-    return [bytes(f.parts[f.data[i]]).decode("utf-8", errors="replace") if 0 <= i < n else None for i in ids]
+    return [tokens[i] if 0 <= i < len(tokens) else None for i in ids]
 
 
 def _check_vocab(tok: Tokenizer, model: Backend, ref: Backend | None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFValueType
 
 from edgekit.errors import EdgekitError
 
@@ -158,10 +158,11 @@ def _parse(buf: bytes, path: Path, size: int) -> GGUFHeader:
     align = int(fields["general.alignment"].value) if "general.alignment" in fields else 32
     data_start = -(-c.pos // align) * align
     tensors = []
+    from edgekit.converters.mix import tensor_nbytes
+
     for name, dims, qtype, rel in raw:
-        n = int(np.prod(dims, dtype=np.int64)) if dims else 1
-        block, type_size = GGML_QUANT_SIZES[qtype]
-        info = TensorInfo(name, tuple(reversed(dims)), qtype, data_start + rel, n // block * type_size)
+        shape = tuple(reversed(dims))
+        info = TensorInfo(name, shape, qtype, data_start + rel, tensor_nbytes(qtype, shape))
         if info.offset + info.nbytes > size:
             raise EdgekitError(f"{path}: truncated GGUF (tensor {name!r} runs past the end of the file)")
         tensors.append(info)

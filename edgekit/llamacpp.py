@@ -25,7 +25,6 @@ def quantize(src: str | Path, dst: str | Path, scheme: str, *, importance: dict[
     params.ftype = ftype
     params.pure = pure
     params.nthread = threads
-    keep = []
     if importance:  # a C array of {name, data, size} entries, ended by one with a NULL name
         names = sorted(importance)
         arrays = [np.ascontiguousarray(importance[n], dtype=np.float32) for n in names]
@@ -33,10 +32,8 @@ def quantize(src: str | Path, dst: str | Path, scheme: str, *, importance: dict[
         for i, (name, a) in enumerate(zip(names, arrays, strict=True)):  # the last entry stays NULL
             e = entries[i]
             e.name, e.data, e.size = name.encode(), a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), a.size
-        params.imatrix = entries
-        keep = [entries, arrays]  # alive until llama.cpp is done with them
+        params.imatrix = entries  # entries and arrays stay alive (locals) until this function returns
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    del keep
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({src} -> {dst}, {scheme}) failed with {rc}")
     return Path(dst)

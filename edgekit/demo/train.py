@@ -27,22 +27,6 @@ VOCAB = 4096
 TOKENIZER_TEXT_BYTES = 4_000_000
 
 
-def drop_bos(model_dir: Path) -> None:
-    """The demo is trained on plain token streams (files separated by eos), never after a BOS token,
-    so its tokenizer must not add one: keep only the byte-level post-processor."""
-    tj = model_dir / "tokenizer.json"
-    data = json.loads(tj.read_text(encoding="utf-8"))
-    pp = data["post_processor"]
-    if pp and pp.get("type") == "Sequence":
-        data["post_processor"] = next(p for p in pp["processors"] if p["type"] == "ByteLevel")
-    tj.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    tc = model_dir / "tokenizer_config.json"
-    cfg = json.loads(tc.read_text(encoding="utf-8"))
-    cfg["add_bos_token"] = False
-    cfg["chat_template"] = cfg["chat_template"].replace("{{ bos_token }}", "")
-    tc.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def tokenize_files(tok, paths: list[Path]) -> np.ndarray:
     """One token stream: each file's tokens followed by eos (the model learns where files end)."""
     ids: list[int] = []
@@ -89,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     train_files, heldout_files = corpus.split()
     args.out.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(args.out, "llama3", VOCAB, lines=corpus.lines(train_files, TOKENIZER_TEXT_BYTES))
-    drop_bos(args.out)
+    # Trained on plain token streams (files separated by eos), never after a BOS: the tokenizer adds none.
+    build_tokenizer(args.out, "llama3", VOCAB, lines=corpus.lines(train_files, TOKENIZER_TEXT_BYTES), add_bos=False)
     tok = AutoTokenizer.from_pretrained(args.out)
     train = tokenize_files(tok, train_files)
     heldout = tokenize_files(tok, heldout_files)

@@ -85,9 +85,12 @@ def training_lines(limit: int = _TRAIN_BYTES) -> Iterator[str]:
                 return
 
 
-def build_tokenizer(out_dir: Path, style: str, vocab_size: int = 512, lines: Iterable[str] | None = None) -> None:
+def build_tokenizer(out_dir: Path, style: str, vocab_size: int = 512, lines: Iterable[str] | None = None,
+                    add_bos: bool = True) -> None:
     """Train a `style` tokenizer of `vocab_size` tokens into `out_dir` (tokenizer.json and
-    tokenizer_config.json; plus tokenizer.model for "spm"), loadable by `AutoTokenizer`."""
+    tokenizer_config.json; plus tokenizer.model for "spm"), loadable by `AutoTokenizer`.
+
+    add_bos=False drops the BOS that the llama3 style otherwise prepends (for a model trained without one)."""
     if style not in STYLES:
         raise ValueError(f"unknown tokenizer style {style!r}; expected one of {', '.join(STYLES)}")
     out_dir = Path(out_dir)
@@ -98,12 +101,14 @@ def build_tokenizer(out_dir: Path, style: str, vocab_size: int = 512, lines: Ite
     if style == "spm":
         config = _build_spm(out_dir, vocab_size, lines)
     else:
-        config = _build_byte_level(out_dir, style, vocab_size, lines)
-    config["chat_template"] = _CHAT_TEMPLATES[style]
+        config = _build_byte_level(out_dir, style, vocab_size, lines, add_bos)
+    template = _CHAT_TEMPLATES[style]
+    config["chat_template"] = template if config.get("add_bos_token") else template.replace("{{ bos_token }}", "")
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def _build_byte_level(out_dir: Path, style: str, vocab_size: int, lines: Iterable[str] | None) -> dict:
+def _build_byte_level(out_dir: Path, style: str, vocab_size: int, lines: Iterable[str] | None,
+                      add_bos: bool = True) -> dict:
     from tokenizers import (
         AddedToken,
         Regex,
@@ -162,7 +167,7 @@ def _build_byte_level(out_dir: Path, style: str, vocab_size: int, lines: Iterabl
     else:
         tok.add_special_tokens(specials)
 
-    if style == "llama3":
+    if style == "llama3" and add_bos:
         bos = specials[0]
         tok.post_processor = processors.Sequence(
             [
@@ -187,7 +192,7 @@ def _build_byte_level(out_dir: Path, style: str, vocab_size: int, lines: Iterabl
     if style == "gpt2":
         config.update(bos_token=specials[0], eos_token=specials[0], unk_token=specials[0], add_bos_token=False)
     elif style == "llama3":
-        config.update(bos_token=specials[0], eos_token=specials[2], add_bos_token=True)
+        config.update(bos_token=specials[0], eos_token=specials[2], add_bos_token=add_bos)
     elif style == "phi3":
         config.update(bos_token=specials[0], eos_token="<|end|>", pad_token=specials[0], add_bos_token=False)
     else:
