@@ -35,10 +35,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edgekit.checkpoint import open_checkpoint
 from edgekit.converters import archs
+from edgekit.converters.qat import LinearPlan, QatConfig, QatReport, check_config, quantization_aware_finetune
 from edgekit.errors import EdgekitError
 from edgekit.outfile import check_output_path
 from edgekit.progress import human_bytes, peak_rss_bytes
@@ -70,7 +71,9 @@ class PteConfig:
     max_prefill: int | None = None    # most tokens per forward call; default min(256, max_seq_len)
     custom_ops: bool = True           # ExecuTorch's LLM ops for the KV cache and attention (see below)
     name: str | None = None           # model name in the manifest; default: the source's name
+    qat: QatConfig | None = None      # quantization-aware fine-tune before converting (8da4w only)
     log: Callable[[str], None] | None = None   # stage messages (the CLI prints them to stderr)
+    progress: bool = True             # progress bar for long steps (QAT)
 
 
 @dataclass
@@ -88,6 +91,11 @@ class PteResult:
     peak_rss: int
     ops: dict[str, int] = field(default_factory=dict)           # "delegated" / "portable" instruction counts
     group_fallbacks: dict[str, int] = field(default_factory=dict)  # layer fqn -> smaller group size used
+    qat: QatReport | None = None
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.file_bytes / self.n_params
 
     def summary(self) -> str:
         q = self.quant + (f" + {self.embedding_quant} embeddings" if self.embedding_quant else "")
@@ -96,7 +104,7 @@ class PteResult:
                 f"{q}{fb}, context {self.max_seq_len} (prefill <= {self.max_prefill}/call), "
                 f"{self.ops.get('delegated', 0)} XNNPACK calls + {self.ops.get('portable', 0)} portable ops, "
                 f"{self.seconds:.1f} s, peak RSS {human_bytes(self.peak_rss)}; sidecars {self.tokenizer.name}, "
-                f"{self.manifest.name}")
+                f"{self.manifest.name}" + (f"\n{self.qat.summary()}" if self.qat else ""))
 
 
 def manifest_path(pte: Path) -> Path:
@@ -131,7 +139,8 @@ def export_pte(cfg: PteConfig) -> PteResult:
 
     emb = f", {cfg.embedding_quant} embeddings" if cfg.embedding_quant else ""
     log(f"loading {ckpt.architecture} ({cfg.quant}{emb})")
-    model, n_params, fallbacks = prepare_model(src, cfg.quant, cfg.group_size, cfg.embedding_quant, max_seq_len)
+    model, n_params, fallbacks, qat_report = prepare_model(src, cfg.quant, cfg.group_size, cfg.embedding_quant,
+                                                           max_seq_len, cfg.qat, log, cfg.progress)
     ids = _token_ids(src, model, tok)
     methods = {
         "get_bos_id": ids["bos_id"], "get_eos_ids": ids["eos_ids"],
@@ -163,7 +172,7 @@ def export_pte(cfg: PteConfig) -> PteResult:
             et_program.write_to_file(f)
         del et_program
         manifest = _manifest(cfg, src, ckpt.architecture, hp, shards, source_sha, pte_tmp, out.name, ops, methods,
-                             ids, tok, n_params, max_seq_len, max_prefill, fallbacks)
+                             ids, tok, n_params, max_seq_len, max_prefill, fallbacks, qat_report)
         for name, data in tok.files.items():
             tmp = _tmp_name(out.with_name(name))
             tmp_files.append((tmp, out.with_name(name)))
@@ -185,13 +194,13 @@ def export_pte(cfg: PteConfig) -> PteResult:
                      file_bytes=out.stat().st_size, n_params=n_params, quant=cfg.quant,
                      embedding_quant=cfg.embedding_quant, max_seq_len=max_seq_len, max_prefill=max_prefill,
                      seconds=time.perf_counter() - t0, peak_rss=peak_rss_bytes(), ops=ops,
-                     group_fallbacks=fallbacks)
+                     group_fallbacks=fallbacks, qat=qat_report)
 
 
 def _manifest(cfg: PteConfig, src: Path, architecture: str, hp: archs.HParams, shards: list[Path], source_sha: str,
               pte: Path, pte_name: str, ops: dict[str, int], methods: dict[str, Any], ids: dict[str, Any],
               tok: _TokenizerFiles, n_params: int, max_seq_len: int, max_prefill: int,
-              fallbacks: dict[str, int]) -> dict[str, Any]:
+              fallbacks: dict[str, int], qat: QatReport | None) -> dict[str, Any]:
     """What a runner needs besides the program, and where the program came from."""
     kernels = (["quantized"] if cfg.embedding_quant else []) + (["llm_custom_ops"] if cfg.custom_ops else [])
     return {
@@ -208,7 +217,7 @@ def _manifest(cfg: PteConfig, src: Path, architecture: str, hp: archs.HParams, s
         "model": {"n_params": n_params, "n_layers": hp.n_layer, "hidden_size": hp.n_embd, "vocab_size": hp.n_vocab},
         "quantization": {"linear": cfg.quant, "group_size": cfg.group_size if cfg.quant == "8da4w" else None,
                          "embedding": cfg.embedding_quant, "embedding_group_size": _embedding_group(cfg),
-                         "group_fallbacks": fallbacks},
+                         "group_fallbacks": fallbacks, "qat": _qat_manifest(cfg.qat, qat)},
         "max_seq_len": max_seq_len, "max_prefill": max_prefill,
         "bos_id": ids["bos_id"], "eos_ids": ids["eos_ids"], "add_bos": ids["add_bos"],
         "chat_template": tok.chat_template,
@@ -217,16 +226,38 @@ def _manifest(cfg: PteConfig, src: Path, architecture: str, hp: archs.HParams, s
     }
 
 
+class Prepared(NamedTuple):
+    model: Any                        # the eager model, quantized in place
+    n_params: int                     # float parameter count
+    group_fallbacks: dict[str, int]   # layer fqn -> smaller group size used
+    qat: QatReport | None             # perplexities before/after, when QAT ran
+
+
+def _qat_manifest(cfg: QatConfig | None, report: QatReport | None) -> dict[str, Any] | None:
+    if cfg is None or report is None:
+        return None
+    return {"data": [str(p) for p in cfg.data], "steps": cfg.steps, "lr": cfg.lr, "seq_len": cfg.seq_len,
+            "batch_size": cfg.batch_size, "trained_tokens": report.trained_tokens,
+            "heldout_tokens": report.heldout_tokens, "ppl_float": round(report.ppl_float, 4),
+            "ppl_before": round(report.ppl_before, 4), "ppl_after": round(report.ppl_after, 4),
+            "kl_before": round(report.kl_before, 6), "kl_after": round(report.kl_after, 6)}
+
+
 def prepare_model(source: Path, quant: str, group_size: int = 32, embedding_quant: str | None = None,
-                  max_seq_len: int | None = None) -> tuple[Any, int, dict[str, int]]:
+                  max_seq_len: int | None = None, qat: QatConfig | None = None,
+                  log: Callable[[str], None] | None = None, progress: bool = True) -> Prepared:
     """The eager transformers model exactly as it will be exported: loaded, configured for inference,
-    quantized in place. Returns (model, float parameter count, {layer: fallback group size}).
+    quantized in place (after a quantization-aware fine-tune when `qat` is given).
 
     Tests compare the .pte against this model, so it is public."""
     quiet_torch_logs()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from edgekit.converters.imatrix import _quiet_transformers
+
+    if qat is not None and quant != "8da4w":
+        raise EdgekitError(f"QAT trains for the int4 weights of 8da4w; --quant {quant} has none")
     dtype = torch.bfloat16 if quant == "bf16" else torch.float32
     try:
         config = AutoConfig.from_pretrained(source)
@@ -236,7 +267,9 @@ def prepare_model(source: Path, quant: str, group_size: int = 32, embedding_quan
             config.sliding_window = None
             if getattr(config, "layer_types", None):
                 config.layer_types = ["full_attention"] * len(config.layer_types)
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, attn_implementation="sdpa")
+        with _quiet_transformers():  # no weight-loading bar: the export logs its own stages
+            model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype,
+                                                         attn_implementation="sdpa")
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise EdgekitError(f"{source}: transformers cannot load the model: {_first_line(e)}") from None
     model.eval()
@@ -249,11 +282,22 @@ def prepare_model(source: Path, quant: str, group_size: int = 32, embedding_quan
             # quant-fusion pattern from recognising the quantized embedding lookup.
             m.padding_idx = None
     fallbacks: dict[str, int] = {}
+    report = None
+    if quant == "8da4w":
+        plan = _linear_plan(model, group_size, fallbacks)
+        if qat is None:
+            from torchao.quantization import quantize_
+
+            for base, names in plan:
+                quantize_(model, base, filter_fn=lambda m, fqn, names=names: isinstance(m, torch.nn.Linear)
+                          and fqn in names)
+        else:
+            # Embeddings are quantized after the fine-tune (weight-only: plain rounding of the tuned table).
+            report = quantization_aware_finetune(model, plan, Path(source), qat, log=log, progress=progress)
+        _round_scales_to_bf16(model)
     if embedding_quant:
         _quantize_embeddings(model, embedding_quant, group_size, fallbacks)
-    if quant == "8da4w":
-        _quantize_linears(model, group_size, fallbacks)
-    return model, n_params, fallbacks
+    return Prepared(model, n_params, fallbacks, report)
 
 
 def _quantize_embeddings(model: Any, scheme: str, group_size: int, fallbacks: dict[str, int]) -> None:
@@ -272,22 +316,26 @@ def _quantize_embeddings(model: Any, scheme: str, group_size: int, fallbacks: di
         quantize_(m, cfg, filter_fn=lambda mod, _fqn: isinstance(mod, torch.nn.Embedding))
 
 
-def _quantize_linears(model: Any, group_size: int, fallbacks: dict[str, int]) -> None:
+def _linear_plan(model: Any, group_size: int, fallbacks: dict[str, int]) -> LinearPlan:
+    """One torchao 8da4w config per group size: rows the requested group does not divide get the largest
+    that does."""
     import torch
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
     from torchao.quantization.granularity import PerGroup
 
-    # One config per group size: rows that the requested group does not divide get the largest that does.
     by_group: dict[int, set[str]] = {}
     for fqn, m in model.named_modules():
         if isinstance(m, torch.nn.Linear):
             by_group.setdefault(_group_for(m.in_features, group_size, fqn, fallbacks), set()).add(fqn)
-    for g, names in sorted(by_group.items()):
-        cfg = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(g))
-        quantize_(model, cfg, filter_fn=lambda mod, fqn, names=names: isinstance(mod, torch.nn.Linear)
-                  and fqn in names)
-    # XNNPACK stores int4 group scales as bfloat16. Rounding them here makes the eager model compute what
-    # the .pte computes (otherwise they differ by ~3% of the logit range), so it is a faithful reference.
+    return [(Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(g)), names)
+            for g, names in sorted(by_group.items())]
+
+
+def _round_scales_to_bf16(model: Any) -> None:
+    """XNNPACK stores int4 group scales as bfloat16. Rounding them here makes the eager model compute what
+    the .pte computes (otherwise they differ by ~3% of the logit range), so it is a faithful reference."""
+    import torch
+
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.Linear) and hasattr(m.weight, "scale"):
@@ -476,6 +524,10 @@ def _check_options(cfg: PteConfig) -> None:
         raise EdgekitError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
     if cfg.embedding_quant and cfg.quant == "bf16":
         raise EdgekitError("--embedding-quant needs float32 activations (use --quant 8da4w or fp32)")
+    if cfg.qat is not None:
+        if cfg.quant != "8da4w":
+            raise EdgekitError(f"QAT trains for the int4 weights of 8da4w; --quant {cfg.quant} has none")
+        check_config(cfg.qat)
     for flag, v in (("--max-seq-len", cfg.max_seq_len), ("--max-prefill", cfg.max_prefill)):
         if v is not None and v < 2:
             raise EdgekitError(f"{flag} must be at least 2")

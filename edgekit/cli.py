@@ -26,7 +26,9 @@ def _convert(args: argparse.Namespace) -> int:
     if args.output.suffix != ".gguf":
         raise EdgekitError(f"{args.output}: output must be a .gguf (llama.cpp) or .pte (ExecuTorch) file")
     pte_only = [f for f, v in (("--group-size", args.group_size), ("--embedding-quant", args.embedding_quant),
-                               ("--max-seq-len", args.max_seq_len)) if v is not None]
+                               ("--max-seq-len", args.max_seq_len), ("--qat", args.qat or None),
+                               ("--qat-data", args.qat_data), ("--qat-steps", args.qat_steps),
+                               ("--qat-lr", args.qat_lr)) if v is not None]
     if pte_only:
         raise EdgekitError(f"{', '.join(pte_only)}: only for .pte output")
     quant = args.quant or "q4_k_m"
@@ -36,14 +38,21 @@ def _convert(args: argparse.Namespace) -> int:
                                    imatrix=args.imatrix, threads=args.threads, progress=not args.quiet,
                                    name=args.name))
     print(result.summary())
+    _maybe_report(args, result)
+    return 0
+
+
+def _maybe_report(args: argparse.Namespace, result) -> None:
+    """The compression report, on --eval-data or, for the demo, on its documented held-out files."""
     eval_data = args.eval_data
     if args.demo and not eval_data:
         from edgekit.demo import corpus
 
-        eval_data = corpus.split()[1]  # the demo's documented held-out files
+        eval_data = corpus.split()[1]
     if eval_data:
-        print(_compression_report(args.source, result, eval_data, args.eval_windows, quiet=args.quiet))
-    return 0
+        # A .pte is scored one token per call (its program returns only the last position): fewer windows.
+        windows = args.eval_windows or (200 if args.output.suffix == ".gguf" else 24)
+        print(_compression_report(args.source, result, eval_data, windows, quiet=args.quiet))
 
 
 def _convert_pte(args: argparse.Namespace) -> int:
@@ -52,18 +61,35 @@ def _convert_pte(args: argparse.Namespace) -> int:
     quant = args.quant or "8da4w"
     if quant not in QUANTS:
         raise EdgekitError(f"--quant {quant} is for .gguf output; .pte schemes: {', '.join(QUANTS)}")
-    for flag, value in (("--imatrix", args.imatrix), ("--eval-data", args.eval_data)):
-        if value:
-            raise EdgekitError(f"{flag}: only for .gguf output so far")
+    if args.imatrix:
+        raise EdgekitError("--imatrix: only for .gguf output (for .pte, --qat recovers int4 accuracy)")
+    qat_flags = [f for f, v in (("--qat-data", args.qat_data), ("--qat-steps", args.qat_steps),
+                                ("--qat-lr", args.qat_lr)) if v is not None]
+    if qat_flags and not args.qat:
+        raise EdgekitError(f"{', '.join(qat_flags)}: only with --qat")
+    qat = None
+    if args.qat:
+        from edgekit.converters.qat import QatConfig
+
+        data = args.qat_data
+        if not data and args.demo:
+            from edgekit.demo import corpus
+
+            data = corpus.split()[0]  # the demo's training files (never its held-out ones)
+        if not data:
+            raise EdgekitError("--qat needs calibration text: --qat-data FILE|DIR")
+        defaults = QatConfig(data=[])
+        qat = QatConfig(data=list(data), steps=args.qat_steps or defaults.steps, lr=args.qat_lr or defaults.lr)
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
     result = export_pte(PteConfig(
         source=args.source, output=args.output, quant=quant, group_size=args.group_size or 32,
-        embedding_quant=args.embedding_quant, max_seq_len=args.max_seq_len, name=args.name,
-        log=None if args.quiet else lambda msg: print(f"edgekit: {msg}", file=sys.stderr)))
+        embedding_quant=args.embedding_quant, max_seq_len=args.max_seq_len, name=args.name, qat=qat,
+        log=None if args.quiet else lambda msg: print(f"edgekit: {msg}", file=sys.stderr), progress=not args.quiet))
     print(result.summary())
+    _maybe_report(args, result)
     return 0
 
 
@@ -167,8 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-data", type=Path, action="append", metavar="FILE|DIR",
                    help="after converting, report perplexity/KL against the source on this text (repeatable; "
                         "--demo uses its held-out split by default)")
-    c.add_argument("--eval-windows", type=int, default=200, metavar="N",
-                   help="at most N windows of 256 tokens for that report (default: 200)")
+    c.add_argument("--eval-windows", type=int, metavar="N",
+                   help="at most N windows of 256 tokens for that report (default: 200 for .gguf, 24 for .pte)")
+    c.add_argument("--qat", action="store_true",
+                   help=".pte 8da4w: quantization-aware fine-tune (distilled from the float model) before "
+                        "converting, to recover int4 accuracy; prints held-out perplexity before/after")
+    c.add_argument("--qat-data", type=Path, action="append", metavar="FILE|DIR",
+                   help="calibration text for --qat (.txt/.py files; --demo uses its training split)")
+    c.add_argument("--qat-steps", type=int, metavar="N", help="QAT optimizer steps of 4 x 256 tokens (default: 100)")
+    c.add_argument("--qat-lr", type=float, metavar="LR", help="QAT peak learning rate (default: 1e-4)")
     c.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
     c.add_argument("--name", help="model name stored in the file (default: the source's name)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -83,7 +83,7 @@ class HFBackend:
 
     def token_texts(self, ids: Sequence[int]) -> list[str | None] | None:
         try:
-            return _load_hf_tokenizer(self.path).token_texts(ids)
+            return load_hf_tokenizer(self.path).token_texts(ids)
         except EdgekitError:
             return None  # a checkpoint without tokenizer files: nothing to compare
 
@@ -184,7 +184,7 @@ class Tokenizer:
     token_texts: Callable[[Sequence[int]], list[str | None]]
 
 
-def _load_hf_tokenizer(path: Path) -> Tokenizer:
+def load_hf_tokenizer(path: Path) -> Tokenizer:
     from transformers import AutoTokenizer
 
     from edgekit.converters.imatrix import _quiet_transformers, _special_prefix
@@ -227,14 +227,14 @@ def _choose_tokenizer(model: Path, ref: Path | None, tokenizer: Path | None) -> 
     if tokenizer is not None:
         if not Path(tokenizer).is_dir():
             raise EdgekitError(f"{tokenizer}: tokenizer must be a Hugging Face directory (tokenizer.json, ...)")
-        return _load_hf_tokenizer(Path(tokenizer))
+        return load_hf_tokenizer(Path(tokenizer))
     candidates = [p for p in (ref, model) if p is not None]
     for p in candidates:
         if p.is_dir():
-            return _load_hf_tokenizer(p)
+            return load_hf_tokenizer(p)
     for p in candidates:  # a .pte ships its tokenizer.json beside it
         if p.suffix.lower() == ".pte" and (p.parent / "tokenizer.json").is_file():
-            return _load_hf_tokenizer(p.parent)
+            return load_hf_tokenizer(p.parent)
     for p in candidates:
         if p.suffix.lower() == ".gguf":
             return _load_llama_tokenizer(p)
@@ -319,11 +319,14 @@ def read_data(paths: str | Path | Sequence[str | Path]) -> Data:
     return data
 
 
-def token_stream(tok: Tokenizer, texts: Sequence[str]) -> list[int]:
-    """All documents' tokens, joined by EOS (or a blank line when the tokenizer has no EOS)."""
+def token_stream(tok: Tokenizer, texts: Sequence[str], limit: int | None = None) -> list[int]:
+    """The documents' tokens, joined by EOS (or a blank line when the tokenizer has no EOS); with a limit,
+    documents stop being tokenized once that many tokens are there."""
     sep = [tok.eos] if tok.eos is not None else tok.encode("\n\n")
     ids: list[int] = []
     for i, t in enumerate(texts):
+        if limit is not None and len(ids) >= limit:
+            break
         if i:
             ids += sep
         ids += tok.encode(t)
