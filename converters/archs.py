@@ -191,8 +191,17 @@ def write_hparams(writer: Any, arch: Arch, hp: HParams, where: str) -> None:
 
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(hp.rope["factor"]))
-    elif hp.rope_type not in ("default", "llama3"):
-        raise EdgekitError(f"{where}: RoPE scaling type {hp.rope_type!r} is not supported yet")
+    check_rope(hp, where)
+
+
+# RoPE variants both exporters handle (static frequencies; longrope/yarn/dynamic switch at run time).
+ROPE_TYPES = ("default", "llama3", "linear")
+
+
+def check_rope(hp: HParams, where: str) -> None:
+    if hp.rope_type not in ROPE_TYPES:
+        raise EdgekitError(f"{where}: RoPE scaling type {hp.rope_type!r} is not supported yet "
+                           f"(supported: {', '.join(ROPE_TYPES)})")
 
 
 def llama3_rope_factors(hp: HParams) -> np.ndarray:

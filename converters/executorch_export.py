@@ -130,6 +130,7 @@ def export_pte(cfg: PteConfig) -> PteResult:
     where = str(src / "config.json")
     archs.get_arch(ckpt.architecture, where)  # the "unsupported architecture" error, before torch loads
     hp = archs.HParams.from_config(ckpt.config, where)
+    archs.check_rope(hp, where)
     max_seq_len, max_prefill = _lengths(cfg, ckpt.config, hp, where)
     tok = _tokenizer_files(src, out)  # fails early if it would overwrite another model's tokenizer
 

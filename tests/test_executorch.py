@@ -106,7 +106,7 @@ def test_8da4w_matches_eager_torchao(arch, tiny_models, int4_ptes):
         i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
         top2 = np.sort(ref[len(tokens) - 1 + i])[-2:]
         assert top2[1] - top2[0] < 0.1, f"greedy tokens differ at step {i} without a near tie"
-    if arch == "llama":  # measured exact for this model and prompt: keep it strict
+    if arch != "qwen3":  # measured exact for these models and this prompt: keep them strict
         assert got == want
     man = json.loads(manifest_path(int4_ptes[arch]).read_text())
     assert man["quantization"]["embedding"] == kw["embedding_quant"]
@@ -209,6 +209,11 @@ def test_unsupported_architecture_and_bad_options(tiny_models, tmp_path):
             export_pte(PteConfig(llama, out, **kw))
     with pytest.raises(EdgekitError, match=r"\.pte extension"):
         export_pte(PteConfig(llama, tmp_path / "m.gguf"))
+    # RoPE that switches frequencies at run time (Phi-3 128k's longrope) is refused, not mis-exported.
+    (src / "config.json").write_text(json.dumps({**cfg, "rope_parameters": {
+        "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 32, "long_factor": [2.0] * 32}}))
+    with pytest.raises(EdgekitError, match="RoPE scaling type 'longrope' is not supported"):
+        export_pte(PteConfig(src, out))
     # A sliding window shorter than the requested cache is refused (windowed attention is not exported).
     (src / "config.json").write_text(json.dumps({**cfg, "architectures": ["MistralForCausalLM"],
                                                  "model_type": "mistral", "sliding_window": 32}))
