@@ -132,7 +132,9 @@ def _sampling(args: argparse.Namespace):
 def _load_for_run(args: argparse.Namespace):
     from edgekit.runtime import load
 
-    opts = {"threads": args.threads} if args.threads and args.model.suffix == ".gguf" else {}
+    opts = {"threads": args.threads} if args.threads else {}
+    if args.cache_type == "f32":
+        opts["kv_f32"] = True
     return load(args.model, n_ctx=args.ctx, **opts)
 
 
@@ -199,7 +201,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="a .gguf (llama.cpp), a .pte (ExecuTorch) or a bundle directory")
     p.add_argument("--ctx", type=int, help="context length in tokens (default: the model's, at most 4096 for "
                                            "GGUF; a .pte's KV cache is fixed at export)")
-    p.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 8)")
+    p.add_argument("--threads", type=int, default=0, help="GGUF: llama.cpp threads (default: the cores, at most 8)")
+    p.add_argument("--cache-type", choices=["f16", "f32"], default="f16",
+                   help="GGUF: KV-cache type (default: f16, as llama.cpp; f32 for results equal to transformers')")
 
 
 def build_parser() -> argparse.ArgumentParser:
