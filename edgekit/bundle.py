@@ -56,8 +56,7 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
     model = load(src)  # the bundle describes what a runtime really loads (and a broken file fails here)
     try:
         info = model.info()
-        stop_tokens = [{"id": i, "text": model.detokenize([i]) or _special_text(model, i)}
-                       for i in sorted(model.stop_ids)]
+        stop_tokens = [{"id": i, "text": model.token_text(i)} for i in sorted(model.stop_ids)]
     finally:
         model.close()
     files = _model_files(src)
@@ -88,10 +87,6 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _special_text(model: Any, token: int) -> str | None:
-    return None if model.format != "pte" else model._tok.id_to_token(token)
 
 
 def read_manifest(bundle: Path) -> dict[str, Any]:

@@ -97,6 +97,10 @@ class Model(ABC):
         """Text of token ids, special tokens left out; an incomplete UTF-8 sequence decodes to U+FFFD."""
 
     @abstractmethod
+    def token_text(self, token: int) -> str:
+        """A token's own text, special tokens included ("<|eot_id|>"), for manifests and messages."""
+
+    @abstractmethod
     def is_special(self, token: int) -> bool:
         """Whether a token is a control token (not text)."""
 

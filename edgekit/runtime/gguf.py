@@ -113,7 +113,9 @@ class GGUFModel(Model):
                                 eos_token=text.get(eos))
         # Every end-of-generation token llama.cpp knows (eos, eot, eom, "<|im_end|>", ...).
         stops = {i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, i)}
-        super().__init__(path, n_ctx=int(llama_cpp.llama_n_ctx(self._ctx)), n_batch=n_batch, stop_ids=stops,
+        # llama.cpp rounds the context up (to 256); the caller's limit is the one to keep.
+        super().__init__(path, n_ctx=min(n_ctx, int(llama_cpp.llama_n_ctx(self._ctx))), n_batch=n_batch,
+                         stop_ids=stops,
                          add_bos=bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)), template=template,
                          name=str(header.get("general.name") or path.stem))
 
@@ -142,6 +144,11 @@ class GGUFModel(Model):
                 return buf.raw[:n].decode("utf-8", errors="replace")
             size = -n
         raise EdgekitError("llama.cpp could not detokenize the tokens")
+
+    def token_text(self, token: int) -> str:
+        buf = ctypes.create_string_buffer(256)
+        n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
 
     def is_special(self, token: int) -> bool:
         return bool(self._ll.llama_vocab_is_control(self._vocab, token) or

@@ -92,6 +92,9 @@ class PteModel(Model):
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
+    def token_text(self, token: int) -> str:
+        return self._tok.id_to_token(token) or ""
+
     def is_special(self, token: int) -> bool:
         return token in self._special
 

@@ -31,26 +31,31 @@ class ChatSession:
         self.dropped_turns = 0
         self.sampler = Sampler(self.params)
 
-    def messages(self, user: str | None = None) -> list[Message]:
+    def messages(self, user: str | None = None, history: list[Message] | None = None) -> list[Message]:
+        """The conversation as the template sees it: system prompt, history, then `user` if given."""
         sys_msg = [{"role": "system", "content": self.system}] if self.system else []
-        return [*sys_msg, *self.history, *([{"role": "user", "content": user}] if user is not None else [])]
+        turns = self.history if history is None else history
+        return [*sys_msg, *turns, *([{"role": "user", "content": user}] if user is not None else [])]
 
     def _fit(self, user: str) -> list[int]:
         """Prompt tokens for the next answer, after dropping the oldest turns while they leave less than
-        min(max_tokens, n_ctx / 4) positions for the answer."""
+        min(max_tokens, n_ctx / 4) positions for the answer. A message that cannot fit even alone is refused
+        and the history is left as it was."""
         n_ctx = self.model.n_ctx
         reserve = max(1, min(self.params.max_tokens, n_ctx // 4))
+        history, dropped = list(self.history), 0
         while True:
-            ids = self.model.chat_prompt(self.messages(user))
-            if len(ids) + reserve <= n_ctx or not self.history:
+            ids = self.model.chat_prompt(self.messages(user, history))
+            if len(ids) + reserve <= n_ctx or not history:
                 break
             # one turn: the oldest user message and what followed it up to the next user message
-            cut = next((i for i, m in enumerate(self.history) if i > 0 and m["role"] == "user"), len(self.history))
-            del self.history[:cut]
-            self.dropped_turns += 1
+            cut = next((i for i, m in enumerate(history) if i > 0 and m["role"] == "user"), len(history))
+            del history[:cut]
+            dropped += 1
         if len(ids) >= n_ctx:
             raise EdgekitError(f"the message is too long: the prompt takes {len(ids)} tokens, the context holds "
                                f"{n_ctx} (raise --ctx or shorten it)")
+        self.history, self.dropped_turns = history, self.dropped_turns + dropped
         return ids
 
     def send(self, user: str, should_stop: StopCheck | None = None) -> Iterator[str]:
