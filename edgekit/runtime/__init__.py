@@ -21,9 +21,9 @@ __all__ = ["GREEDY", "Model", "Sampler", "SamplingParams", "Stats", "load", "mod
 FORMATS = {".gguf": "gguf", ".pte": "pte"}
 
 
-def model_file(path: str | Path) -> Path:
-    """The model file a path stands for: the file itself, or the model of a bundle directory (checksums
-    verified). One clear error for anything else."""
+def model_file(path: str | Path, verify: bool = True) -> Path:
+    """The model file a path stands for: the file itself, or the model of a bundle directory (its checksums
+    verified unless verify=False). One clear error for anything else."""
     from edgekit import bundle
 
     path = Path(path)
@@ -31,7 +31,7 @@ def model_file(path: str | Path) -> Path:
         raise EdgekitError(f"{path}: no such file or directory")
     if path.is_dir():
         if (path / bundle.MANIFEST).is_file():
-            return bundle.verify(path)
+            return bundle.verify(path, checksums=verify)
         found = [p for p in sorted(path.iterdir()) if p.suffix in FORMATS]
         if len(found) != 1:
             raise EdgekitError(f"{path}: not an edgekit bundle (no {bundle.MANIFEST}) and not a directory with "
@@ -40,12 +40,14 @@ def model_file(path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, *, n_ctx: int | None = None, **options: Any) -> Model:
+def load(path: str | Path, *, n_ctx: int | None = None, verify: bool = True, **options: Any) -> Model:
     """Load a model for inference; the backend follows the file's format (the suffix, else its first bytes).
+    A bundle directory's files are checked against its manifest's sha256 first (verify=False skips the hashing,
+    e.g. for a big model an app has already checked once).
 
     n_ctx: context length (GGUF: default the model's, at most 4096; .pte: at most the program's cache).
     GGUF options: threads, n_batch, kv_f32 (F32 KV cache, for exact comparisons)."""
-    f = model_file(path)
+    f = model_file(path, verify)
     fmt = FORMATS.get(f.suffix.lower())
     if fmt is None:
         with open(f, "rb") as fh:

@@ -34,7 +34,7 @@ class Stats:
     reused_tokens: int = 0      # of those, already in the KV cache from the previous call
     prefill_s: float = 0.0      # time to run the rest of the prompt
     generated_tokens: int = 0   # tokens sampled (a stop token included)
-    decode_steps: int = 0       # one-token forward calls after the prompt
+    decode_steps: int = 0       # tokens after the first: one forward call and one sampling each
     decode_s: float = 0.0
     first_token_s: float = 0.0  # from the call to the first sampled token (tokenize + prefill + sample)
     context_used: int = 0       # KV-cache positions in use after the generation
@@ -178,6 +178,7 @@ class Model(ABC):
             # The last sampled token is never fed back, so the context allows one more than it has room for.
             budget = min(params.max_tokens, self.n_ctx - len(prompt_ids) + 1)
             banned = np.fromiter(self.stop_ids, dtype=np.int64) if params.ignore_eos else None
+            t = t0
             while True:
                 if banned is not None:
                     logits = logits.copy()
@@ -186,6 +187,9 @@ class Model(ABC):
                 st.generated_tokens += 1
                 if st.generated_tokens == 1:
                     st.first_token_s = time.perf_counter() - t0
+                else:  # a decode step: the forward call and the sampling, not the caller's time with the token
+                    st.decode_s += time.perf_counter() - t
+                    st.decode_steps += 1
                 if token in self.stop_ids:
                     st.finish_reason = "stop"
                     return
@@ -197,8 +201,6 @@ class Model(ABC):
                     return
                 t = time.perf_counter()
                 logits = self.decode(token)
-                st.decode_s += time.perf_counter() - t
-                st.decode_steps += 1
         finally:
             st.context_used = len(self.cache)
 
