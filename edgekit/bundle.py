@@ -69,11 +69,14 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
         "context_length": info["n_ctx"], "tokens_per_call": info["n_batch"], "add_bos": info["add_bos"],
         "chat_template": info["chat_template"],
         "stop_tokens": stop_tokens, "stop_strings": info["stop_strings"],
-        "default_sampling": {k: v for k, v in sampling.to_dict().items() if k != "seed"},
+        "default_sampling": {k: v for k, v in sampling.to_dict().items() if k not in ("seed", "ignore_eos")},
         "files": [],
         "created_by": {"edgekit": __version__},
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the bundle from the app's build tools
     try:
         for f in files:
             shutil.copyfile(f, tmp / f.name)
@@ -153,6 +156,8 @@ _RUN = {
         "`edgekit.load(\".\")` (needs `pip install 'edgekit[pte]'`)."),
 }
 
+_BACKEND_NAMES = {"llama.cpp": "llama.cpp", "executorch": "ExecuTorch"}
+
 _SHIP = {
     "android": ("Ship the directory in `assets/`. Assets are compressed inside the APK and cannot be memory-mapped: "
                 "copy them to `context.filesDir` on first launch (or mark them `noCompress` in Gradle), then check "
@@ -172,7 +177,8 @@ def integration_note(man: dict[str, Any]) -> str:
     lines = [
         f"# {man['name']} for {man['target']}",
         "",
-        f"Made by edgekit {man['created_by']['edgekit']}: a {man['format'].upper()} model for {man['backend']}, "
+        f"Made by edgekit {man['created_by']['edgekit']}: a {man['format'].upper()} model for "
+        f"{_BACKEND_NAMES.get(man['backend'], man['backend'])}, "
         f"context {man['context_length']} tokens.",
         "",
         "## Files",

@@ -13,6 +13,7 @@ model in memory and one set of cores, and the KV cache belongs to one sequence.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -176,9 +177,14 @@ def _usage(m: Model) -> dict[str, int]:
             "total_tokens": s.prompt_tokens + s.generated_tokens}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(model: Model, host: str = "127.0.0.1", port: int = 8080, defaults: SamplingParams | None = None,
           log: bool = True) -> None:
     server = ChatServer(model, host, port, defaults, log)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop is as clean as Ctrl-C
     h, p = server.server_address[:2]
     print(f"edgekit serve: {model.name} ({model.format}, {model.backend}) at http://{h}:{p}/v1 "
           "(POST /v1/chat/completions, GET /v1/models); Ctrl-C stops", file=sys.stderr, flush=True)

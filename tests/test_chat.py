@@ -234,11 +234,13 @@ def server(f32_ggufs):
         port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
         yield p, port
     finally:
-        p.send_signal(signal.SIGINT)
+        p.send_signal(signal.SIGTERM)
         try:
-            p.wait(timeout=30)
+            rc = p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
+            raise
+        assert rc == 0, p.stderr.read().decode()
 
 
 def _post(port: int, body: object) -> tuple[int, bytes, str]:
