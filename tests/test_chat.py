@@ -37,6 +37,12 @@ def _opts(model: Path) -> list[str]:
     return FAST if model.suffix == ".gguf" else []
 
 
+@pytest.mark.parametrize("cmd", ["chat", "generate", "bundle", "serve"])
+def test_help(cmd):
+    r = run(cmd, "--help")
+    assert r.returncode == 0 and f"usage: edgekit {cmd}" in r.stdout and "--seed" in r.stdout
+
+
 # -- generate -------------------------------------------------------------------------------------------------
 
 
@@ -127,7 +133,8 @@ def _read_until(fd: int, pattern: str, timeout: float = 120.0, buf: bytes = b"")
     return buf
 
 
-LONG = ["--ignore-eos", "-n", 100000, "--ctx", 8192, "--seed", 1, *FAST]  # an answer that takes seconds
+LONG_CTX = 32768
+LONG = ["--ignore-eos", "-n", 100000, "--ctx", LONG_CTX, "--seed", 1, *FAST]  # an answer that takes seconds
 
 
 def test_sigint_stops_the_answer_not_the_chat(f32_ggufs):
@@ -140,7 +147,7 @@ def test_sigint_stops_the_answer_not_the_chat(f32_ggufs):
         p.send_signal(signal.SIGINT)
         p.stdin.write(b"/stats\n")
         p.stdin.flush()
-        out = _read_until(p.stdout.fileno(), r"context \d+/8192 used")
+        out = _read_until(p.stdout.fileno(), rf"context \d+/{LONG_CTX} used")
         p.stdin.close()
         rc = p.wait(timeout=60)
         err = p.stderr.read().decode()
@@ -148,8 +155,8 @@ def test_sigint_stops_the_answer_not_the_chat(f32_ggufs):
         p.kill()
     assert rc == 0, err
     assert "(answer stopped)" in err and "Traceback" not in err
-    stats = re.search(r"decode [\d.]+ tok/s \((\d+) tokens, (\w+)\), context (\d+)/8192", out.decode())
-    assert stats and stats.group(2) == "interrupted" and int(stats.group(3)) < 8000
+    stats = re.search(rf"decode [\d.]+ tok/s \((\d+) tokens, (\w+)\), context (\d+)/{LONG_CTX}", out.decode())
+    assert stats and stats.group(2) == "interrupted" and int(stats.group(3)) < LONG_CTX - 100
 
 
 def test_chat_under_a_terminal(f32_ggufs):
@@ -164,14 +171,14 @@ def test_chat_under_a_terminal(f32_ggufs):
     if pid == 0:
         os.execv(sys.executable, [*EDGEKIT, "chat", str(f32_ggufs["llama"]), *map(str, LONG)])
     try:
-        buf = _read_until(fd, r"edgekit chat: .*context 8192 tokens[\s\S]*> ")
+        buf = _read_until(fd, rf"edgekit chat: .*context {LONG_CTX} tokens[\s\S]*> ")
         os.write(fd, b"tell me everything\n")
         buf = _read_until(fd, r"tell me everything\r?\n[\s\S]*\S", buf=buf)
         time.sleep(0.3)
         os.write(fd, b"\x03")  # the terminal turns ^C into SIGINT for the foreground process
         buf = _read_until(fd, r"\(answer stopped\)[\s\S]*> ", buf=buf)
         os.write(fd, b"/stats\n")
-        buf = _read_until(fd, r"context \d+/8192 used[\s\S]*> ", buf=buf)
+        buf = _read_until(fd, rf"context \d+/{LONG_CTX} used[\s\S]*> ", buf=buf)
         os.write(fd, b"/reset\n")
         buf = _read_until(fd, r"conversation reset[\s\S]*> ", buf=buf)
         os.write(fd, b"\x04")  # ^D at the start of a line: EOF
