@@ -159,11 +159,15 @@ class Model(ABC):
         """Forget the cached sequence (the next prefill recomputes everything)."""
         self.cache.clear()
 
+    def sample(self, logits: np.ndarray, sampler: Sampler) -> int:
+        """The next token from logits; the repetition penalty sees the current sequence."""
+        return sampler(logits, self.cache)
+
     # -- shared: generation ------------------------------------------------------------------------------
 
     def generate_tokens(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, *,
                         sampler: Sampler | None = None, should_stop: StopCheck | None = None) -> Iterator[int]:
-        """Yield sampled token ids until a stop id (yielded too), max_tokens, a full context or should_stop().
+        """Yield sampled token ids until a stop id (not yielded), max_tokens, a full context or should_stop().
         `sampler` carries the random state across calls (a chat session); by default a fresh one from params."""
         params = params or SamplingParams()
         sampler = sampler or Sampler(params)
@@ -183,7 +187,7 @@ class Model(ABC):
                 if banned is not None:
                     logits = logits.copy()
                     logits[banned[banned < logits.size]] = -np.inf
-                token = sampler(logits, self.cache)
+                token = self.sample(logits, sampler)
                 st.generated_tokens += 1
                 if st.generated_tokens == 1:
                     st.first_token_s = time.perf_counter() - t0
