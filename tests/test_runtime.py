@@ -146,3 +146,38 @@ def test_load_errors_name_the_file(tmp_path, f32_ggufs):
     renamed.write_bytes(f32_ggufs["llama"].read_bytes())
     with edgekit.load(renamed, threads=1) as m:  # no suffix: the magic bytes decide
         assert m.format == "gguf"
+
+
+@pytest.mark.parametrize("backend", ["gguf", "pte"])
+def test_streamed_text_never_splits_a_character(backend, models):
+    from edgekit.runtime.detokenize import TextStream
+
+    m = models[backend]
+    text = "Größe 日本語のテキスト 🙂🚀🇫🇷 façade"
+    ids = m.tokenize(text)
+    assert len(ids) > len(text) // 3  # multi-byte characters are split over several tokens here
+    s = TextStream(m.detokenize)
+    pieces = [s.push(t) for t in ids] + [s.finish()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+def test_base_model_without_template_gets_the_plain_transcript(tiny_models, tmp_path):
+    import json
+    import shutil
+
+    from edgekit.converters.gguf_export import ConvertConfig, convert
+
+    src = tmp_path / "base"
+    shutil.copytree(tiny_models["llama"], src)
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    del cfg["chat_template"]
+    (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (src / "chat_template.jinja").unlink(missing_ok=True)
+    out = tmp_path / "base.gguf"
+    convert(ConvertConfig(source=src, output=out, quant="f32", progress=False))
+    with edgekit.load(out, threads=1) as m:
+        assert m.template.is_plain and m.stop_strings == ["\nUser:"] and m.info()["chat_template"] is None
+        ids = m.chat_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+        assert ids == m.tokenize("Be brief.\n\nUser: hi\nAssistant:", add_special=True)
+        assert ids[0] == m.tokenize("", add_special=True)[0]  # BOS, which a plain transcript does not write itself
+        assert isinstance(m.chat([{"role": "user", "content": "hi"}], max_tokens=8, seed=0), str)
