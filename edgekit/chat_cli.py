@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 from edgekit.errors import EdgekitError
@@ -112,14 +112,15 @@ def run_chat(session: ChatSession, stdin: TextIO = sys.stdin, out: TextIO = sys.
                   file=err)
 
 
-def run_generate(model: Model, prompt: str, params, *, chat: bool = False, out: TextIO = sys.stdout) -> int:
-    """One completion of prompt (raw text, or as a user message with chat=True); only the text on stdout."""
+def run_generate(model: Model, prompt: str, params, *, chat: bool = False, stop: Sequence[str] = (),
+                 out: TextIO = sys.stdout) -> int:
+    """One completion of prompt (raw text, or as a user message with chat=True); only the text on stdout.
+    The text ends before the first of the `stop` strings (and, with chat, the template's end-of-turn marker)."""
     if chat:
         ids = model.chat_prompt([{"role": "user", "content": prompt}])
-        stop = model.stop_strings
+        stop = [*model.stop_strings, *stop]
     else:
         ids = model.tokenize(prompt, add_special=True)
-        stop = []
     with StopFlag() as flag:
         _write_stream(model.stream_text(ids, params, stop=stop, should_stop=flag), out)
     if out.isatty():

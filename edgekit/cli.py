@@ -155,7 +155,7 @@ def _generate(args: argparse.Namespace) -> int:
     if not prompt:
         raise EdgekitError("empty prompt (give one as an argument or on stdin)")
     with _load_for_run(args) as model:
-        return run_generate(model, prompt, params, chat=args.chat)
+        return run_generate(model, prompt, params, chat=args.chat, stop=args.stop or [])
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -326,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen)
     gen.add_argument("prompt", nargs="?", help="prompt text (default: read stdin)")
     gen.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
+    gen.add_argument("--stop", action="append", metavar="TEXT",
+                     help="end the text before this string (repeatable; e.g. --stop $'\\n\\n')")
     _add_sampling_args(gen, max_tokens=128)
     gen.set_defaults(func=_generate)
 

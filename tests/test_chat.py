@@ -64,6 +64,10 @@ def test_generate_greedy_text_equals_transformers(f32_ggufs, tiny_models):
         r = run("generate", f32_ggufs[arch], "-n", 20, "--temp", 0, "--cache-type", "f32", *FAST, input=prompt)
         assert r.returncode == 0, r.stderr
         assert len(ref) > 10 and r.stdout == ref  # only the text on stdout: no prompt, banner or newline
+        stop = ref[6:9]
+        r = run("generate", f32_ggufs[arch], "-n", 20, "--temp", 0, "--cache-type", "f32", "--stop", stop, *FAST,
+                input=prompt)
+        assert r.stdout == ref[:ref.index(stop)]
 
 
 @pytest.mark.parametrize("backend", ["gguf", "pte"])
@@ -112,6 +116,23 @@ def test_conversation_longer_than_the_context(backend, f32_ggufs, llama_pte):
                 *_opts(model), input="\n".join(lines) + "\n")
     strip = re.compile(r"prefill .*\n")  # timings differ between runs; the text must not
     assert strip.sub("", again.stdout) == strip.sub("", r.stdout)
+
+
+def test_reset_starts_the_conversation_again(f32_ggufs):
+    """After /reset the same message gets the same (sampled) answer as at the start: history and random stream
+    both start over; without /reset the second answer differs."""
+    args = ["chat", f32_ggufs["llama"], "-n", 16, "--ignore-eos", "--seed", 9, "--temp", 1.0, *FAST]
+    stats = re.compile(r"prefill .*context \d+/\d+ used.*\n")
+
+    def answers(lines: list[str]) -> list[str]:
+        r = run(*args, input="".join(f"{x}\n/stats\n" if not x.startswith("/") else f"{x}\n" for x in lines))
+        assert r.returncode == 0, r.stderr
+        return stats.split(r.stdout)[:-1]
+
+    a = answers(["hello there", "/reset", "hello there"])
+    assert len(a) == 2 and a[0] == a[1] and a[0].strip()
+    b = answers(["hello there", "hello there"])
+    assert b[0] == a[0] and b[1] != b[0]
 
 
 def _read_until(fd: int, pattern: str, timeout: float = 120.0, buf: bytes = b"") -> bytes:

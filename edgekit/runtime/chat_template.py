@@ -57,6 +57,7 @@ class ChatTemplate:
                  extra_tokens: dict[str, str | None] | None = None) -> None:
         self.is_plain = not template
         self.source = template or PLAIN_TEMPLATE
+        # transformers passes the tokenizer's special tokens as template variables; so do we (None for unknown)
         self.tokens = {"bos_token": bos_token or "", "eos_token": eos_token or "", **(extra_tokens or {})}
         self._template = _compile(self.source)
 

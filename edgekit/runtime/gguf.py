@@ -107,10 +107,14 @@ class GGUFModel(Model):
         self._forward([max(int(llama_cpp.llama_vocab_bos(self._vocab)), 0)], 0)
 
         tokens = header.get("tokenizer.ggml.tokens") or []
-        bos, eos = header.get("tokenizer.ggml.bos_token_id"), header.get("tokenizer.ggml.eos_token_id")
-        text = {i: tokens[i] for i in (bos, eos) if i is not None and 0 <= i < len(tokens)}
-        template = ChatTemplate(header.get("tokenizer.chat_template"), bos_token=text.get(bos),
-                                eos_token=text.get(eos))
+
+        def special(key: str) -> str | None:  # the text of a special token named in the metadata
+            i = header.get(f"tokenizer.ggml.{key}_token_id")
+            return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+        template = ChatTemplate(header.get("tokenizer.chat_template"), bos_token=special("bos"),
+                                eos_token=special("eos"),
+                                extra_tokens={"unk_token": special("unknown"), "pad_token": special("padding")})
         # Every end-of-generation token llama.cpp knows (eos, eot, eom, "<|im_end|>", ...).
         stops = {i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, i)}
         # llama.cpp rounds the context up (to 256); the caller's limit is the one to keep.

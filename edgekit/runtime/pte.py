@@ -74,7 +74,8 @@ class PteModel(Model):
             raise EdgekitError(f"{path}: --ctx {n_ctx} exceeds the program's KV cache of {self.et.max_seq_len} "
                                "tokens (export with a larger --max-seq-len)")
         bos_token, eos_token = _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
-        template = ChatTemplate(config.get("chat_template"), bos_token=bos_token, eos_token=eos_token)
+        template = ChatTemplate(config.get("chat_template"), bos_token=bos_token, eos_token=eos_token,
+                                extra_tokens={k: _token_text(config.get(k)) for k in ("unk_token", "pad_token")})
         stops = set(self.et.eos_ids)
         eos_id = self._tok.token_to_id(eos_token) if eos_token else None
         if eos_id is not None:
