@@ -73,11 +73,14 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
         "files": [],
         "created_by": {"edgekit": __version__},
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise EdgekitError(f"{out}: cannot write the bundle ({e.strerror or e})") from None
     umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the bundle from the app's build tools
     try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the bundle from the app's build tools
         for f in files:
             shutil.copyfile(f, tmp / f.name)
             manifest["files"].append({"path": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(tmp / f.name)})
@@ -86,6 +89,9 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)  # the bundle appears complete or not at all
+    except OSError as e:  # a full disk, a vanished directory: one line, no half-written bundle
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EdgekitError(f"{out}: cannot write the bundle ({e.strerror or e})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
