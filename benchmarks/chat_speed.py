@@ -107,6 +107,12 @@ def main() -> None:
         "overhead (Python loop, sampling, detokenization) more than the kernels. For kernel speed on real model "
         "shapes see `pte_vs_gguf.md`.",
         "",
+        "- With more llama.cpp threads than idle cores, its spinning thread pool collapses (the 2-thread rows on a "
+        "loaded 2-core machine); on a busy device use fewer threads (`--threads`).",
+        "- Turn 2 reuses the cache up to the first token where re-tokenizing the history differs from what was "
+        "generated. The demo's template trims each message (`| trim`), so an answer that began with a newline "
+        "(the .pte's, here) is only reused up to the end of turn 1's prompt.",
+        "",
     ]
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
