@@ -147,6 +147,91 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling(args: argparse.Namespace):
+    from edgekit.runtime import SamplingParams
+
+    return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, seed=args.seed,
+                          max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
+
+
+def _load_for_run(args: argparse.Namespace):
+    from edgekit.runtime import load
+
+    opts = {"threads": args.threads} if args.threads else {}
+    if args.cache_type == "f32":
+        opts["kv_f32"] = True
+    return load(args.model, n_ctx=args.ctx, **opts)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from edgekit.chat_cli import run_chat
+    from edgekit.runtime.session import ChatSession
+
+    params = _sampling(args)  # invalid settings fail before the model loads
+    with _load_for_run(args) as model:
+        return run_chat(ChatSession(model, system=args.system, params=params))
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from edgekit.chat_cli import run_generate
+
+    params = _sampling(args)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt:
+        raise EdgekitError("empty prompt (give one as an argument or on stdin)")
+    with _load_for_run(args) as model:
+        return run_generate(model, prompt, params, chat=args.chat, stop=args.stop or [])
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from edgekit.bundle import make_bundle
+
+    out = make_bundle(args.model, args.target, args.output, sampling=_sampling(args))
+    print(f"wrote {out}/ for {args.target}: manifest.json, README.md and the model files")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from edgekit.serve import serve
+
+    params = _sampling(args)
+    with _load_for_run(args) as model:
+        serve(model, args.host, args.port, defaults=params, log=not args.quiet)
+    return 0
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    from edgekit.runtime import SamplingParams
+
+    d = SamplingParams()
+    g = p.add_argument_group("sampling (edgekit's own sampler, the same on every backend)")
+    g.add_argument("--temp", type=float, default=d.temperature,
+                   help=f"temperature; 0 = greedy (default: {d.temperature})")
+    g.add_argument("--top-k", type=int, default=d.top_k,
+                   help=f"keep the k most likely tokens; 0 = off (default: {d.top_k})")
+    g.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling; 1 = off (default: {d.top_p})")
+    g.add_argument("--min-p", type=float, default=d.min_p,
+                   help=f"drop tokens below min-p x the top probability; 0 = off (default: {d.min_p})")
+    g.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty,
+                   help=f"penalise recently seen tokens; 1 = off (default: {d.repeat_penalty})")
+    g.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n,
+                   help=f"tokens the penalty looks back (default: {d.repeat_last_n})")
+    g.add_argument("--seed", type=int, help="random seed: the same seed gives the same text (default: random)")
+    g.add_argument("-n", "--max-tokens", type=int, default=max_tokens,
+                   help=f"most tokens per answer (default: {max_tokens})")
+    g.add_argument("--ignore-eos", action="store_true", help="never stop at end-of-generation tokens")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="a .gguf (llama.cpp), a .pte (ExecuTorch) or a bundle directory")
+    p.add_argument("--ctx", type=int, help="context length in tokens (default: the model's, at most 4096 for "
+                                           "GGUF; a .pte's KV cache is fixed at export)")
+    p.add_argument("--threads", type=int, default=0, help="GGUF: llama.cpp threads (default: the cores, at most 8)")
+    p.add_argument("--cache-type", choices=["f16", "f32"], default="f16",
+                   help="GGUF: KV-cache type (default: f16, as llama.cpp; f32 for results equal to transformers')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgekit.converters.executorch_export import EMBEDDING_QUANTS, GROUP_SIZES, QUANTS
     from edgekit.converters.mix import SCHEMES
@@ -251,6 +336,63 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--tensors", action="store_true", help="list every tensor")
     i.set_defaults(func=_inspect)
+
+    raw = argparse.RawDescriptionHelpFormatter
+    ch = sub.add_parser(
+        "chat", help="chat with a model in the terminal (streaming, multi-turn)", formatter_class=raw,
+        description="Interactive chat with a .gguf (llama.cpp) or .pte (ExecuTorch) model, using its own chat "
+                    "template.\nOne message per line; /reset, /stats, /help, /exit. Ctrl-C stops an answer, "
+                    "Ctrl-D quits.\nOn a pipe, only the answers are written (one per line).",
+        epilog="examples:\n  edgekit chat demo.gguf\n"
+               "  edgekit chat smol.pte --system \"Be brief.\" --temp 0.7 --top-p 0.9 --seed 1\n"
+               "  printf 'hi\\n/stats\\n' | edgekit chat demo.gguf --seed 1")
+    _add_model_args(ch)
+    ch.add_argument("--system", help="system prompt (kept when old turns are dropped to fit the context)")
+    _add_sampling_args(ch, max_tokens=512)
+    ch.set_defaults(func=_chat)
+
+    gen = sub.add_parser(
+        "generate", help="one-shot text continuation (prompt from the argument or stdin; only text on stdout)",
+        description="Continue a prompt and write only the generated text to stdout.", formatter_class=raw,
+        epilog="examples:\n  echo 'def fib(n):' | edgekit generate demo.gguf -n 64\n"
+               "  edgekit generate smol.pte \"What is a GGUF file?\" --chat --temp 0")
+    _add_model_args(gen)
+    gen.add_argument("prompt", nargs="?", help="prompt text (default: read stdin)")
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
+    gen.add_argument("--stop", action="append", metavar="TEXT",
+                     help="end the text before this string (repeatable; e.g. --stop $'\\n\\n')")
+    _add_sampling_args(gen, max_tokens=128)
+    gen.set_defaults(func=_generate)
+
+    from edgekit.bundle import TARGETS
+
+    b = sub.add_parser(
+        "bundle", help="package a model for an app: model, tokenizer, manifest.json, integration note",
+        description="Write a directory an Android, iOS or Linux app can ship: the model file (and a .pte's "
+                    "tokenizer), a versioned manifest.json (format, backend, context length, chat template, stop "
+                    "tokens, default sampling, sha256 checksums) and a README with the integration steps.",
+        epilog="examples:\n  edgekit bundle smol.pte --target android -o app-assets/\n"
+               "  edgekit bundle demo.gguf --target linux -o demo-bundle/ && edgekit chat demo-bundle/",
+        formatter_class=raw)
+    b.add_argument("model", type=Path, help="a .gguf or .pte file (or a bundle to re-target)")
+    b.add_argument("--target", required=True, choices=TARGETS, help="the platform the app runs on")
+    b.add_argument("-o", "--output", type=Path, required=True, help="bundle directory (new, or empty)")
+    _add_sampling_args(b, max_tokens=512)
+    b.set_defaults(func=_bundle)
+
+    sv = sub.add_parser(
+        "serve", help="OpenAI-compatible /v1/chat/completions on localhost",
+        description="Serve a model over HTTP with OpenAI's chat-completions API (streaming and not) and "
+                    "/v1/models. One generation runs at a time.", formatter_class=raw,
+        epilog="example:\n  edgekit serve demo.gguf --port 8080 &\n"
+               "  curl -s localhost:8080/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\","
+               "\"content\":\"hi\"}]}'")
+    _add_model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this device only)")
+    sv.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080; 0 picks a free one)")
+    sv.add_argument("-q", "--quiet", action="store_true", help="no request log")
+    _add_sampling_args(sv, max_tokens=512)
+    sv.set_defaults(func=_serve)
     return p
 
 

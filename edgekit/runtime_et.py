@@ -1,5 +1,8 @@
 """Run an edgekit .pte in the ExecuTorch runtime from Python: prefill, decode, sampling, logits.
 
+This is the program-level layer; `edgekit.load("m.pte")` (edgekit.runtime.pte) adds the tokenizer, chat
+template, shared sampler and KV prefix reuse on top of it.
+
 The program's `forward(input_ids[1, n], cache_position[n])` writes n positions of its static KV cache
 starting at cache_position[0] and returns the last position's logits. Positions past the current one
 are masked, so starting again at 0 needs no cache reset.
@@ -120,18 +123,11 @@ def _register_kernels() -> None:
 
 def sample(logits: np.ndarray, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
            rng: np.random.Generator | None = None) -> int:
-    """Greedy (temperature 0) or temperature / top-k / top-p (nucleus) sampling from one logits row."""
+    """Greedy (temperature 0) or temperature / top-k / top-p (nucleus) sampling from one logits row, with the
+    masks of edgekit's shared sampler (edgekit.runtime.sampling, which chat and generate use)."""
+    from edgekit.runtime.sampling import SamplingParams, probabilities
+
     if temperature <= 0:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    if 0 < top_k < z.size:
-        z[z < np.partition(z, -top_k)[-top_k]] = -np.inf
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        cum = np.cumsum(p[order])
-        drop = order[np.searchsorted(cum, top_p) + 1:]  # keep the smallest prefix reaching top_p
-        p[drop] = 0.0
-        p /= p.sum()
+    p = probabilities(logits, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=0.0))
     return int((rng or np.random.default_rng()).choice(p.size, p=p))

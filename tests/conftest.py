@@ -47,3 +47,33 @@ def llama_logits(gguf_path: Path, tokens: list[int]) -> np.ndarray:
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)
     finally:
         llm.close()
+
+
+# -- runtime (chat / generate / serve) --------------------------------------------------------------------
+
+RUNTIME_ARCHS = ["llama", "mistral", "qwen2", "phi3"]  # byte-level BPE, SentencePiece, ChatML, Phi-3 tokens
+PTE_CONTEXT, PTE_PREFILL = 128, 32
+
+
+@pytest.fixture(scope="session")
+def f32_ggufs(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    """F32 GGUFs of the tiny models: with an F32 KV cache llama.cpp computes what transformers computes."""
+    from edgekit.converters.gguf_export import ConvertConfig, convert
+
+    root = tmp_path_factory.mktemp("gguf_f32")
+    out = {}
+    for a in RUNTIME_ARCHS:
+        out[a] = root / f"{a}.gguf"
+        convert(ConvertConfig(source=tiny_models[a], output=out[a], quant="f32", progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama_pte(tiny_models, tmp_path_factory) -> Path:
+    """An fp32 .pte of the tiny Llama with a small KV cache (128) and prefill chunks of 32."""
+    from edgekit.converters.executorch_export import PteConfig, export_pte
+
+    out = tmp_path_factory.mktemp("pte_runtime") / "llama.pte"
+    export_pte(PteConfig(source=tiny_models["llama"], output=out, quant="fp32", max_seq_len=PTE_CONTEXT,
+                         max_prefill=PTE_PREFILL))
+    return out

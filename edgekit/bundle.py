@@ -1,0 +1,211 @@
+"""`edgekit bundle`: the directory an app ships -- model file, tokenizer, a versioned manifest.json with
+everything a runner needs besides the weights (format, backend, context length, chat template, stop tokens,
+default sampling, sha256 of every file) and a short integration note for the target platform.
+
+`verify(dir)` checks the manifest and every checksum before a bundle is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+MANIFEST = "manifest.json"
+SCHEMA = "edgekit-bundle"
+SCHEMA_VERSION = 1
+TARGETS = ("android", "ios", "linux")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_files(model: Path) -> list[Path]:
+    """The model file and what its runtime needs beside it (a .pte's tokenizer and manifest sidecars)."""
+    if model.suffix != ".pte":
+        return [model]  # a GGUF carries its tokenizer and chat template inside
+    extra = [model.with_name("tokenizer.json"), model.with_name("tokenizer_config.json"),
+             model.with_name(model.stem + ".manifest.json")]
+    return [model, *(p for p in extra if p.is_file())]
+
+
+def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sampling: Any = None) -> Path:
+    """Write a bundle of the model for `target` into out_dir (which must not exist, or be empty)."""
+    from edgekit.runtime import SamplingParams, load, model_file
+
+    if target not in TARGETS:
+        raise EdgekitError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgekitError(f"{out}: exists and is not an empty directory")
+    if not out.parent.resolve().is_dir():
+        raise EdgekitError(f"{out}: directory {out.parent} does not exist")
+    src = model_file(model_path)
+    model = load(src)  # the bundle describes what a runtime really loads (and a broken file fails here)
+    try:
+        info = model.info()
+        stop_tokens = [{"id": i, "text": model.token_text(i)} for i in sorted(model.stop_ids)]
+    finally:
+        model.close()
+    files = _model_files(src)
+    sampling = sampling or SamplingParams()
+    manifest = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "name": info["name"], "target": target,
+        "format": info["format"], "backend": info["backend"],
+        "model": {"file": src.name, "bytes": src.stat().st_size},
+        "context_length": info["n_ctx"], "tokens_per_call": info["n_batch"], "add_bos": info["add_bos"],
+        "chat_template": info["chat_template"],
+        "stop_tokens": stop_tokens, "stop_strings": info["stop_strings"],
+        "default_sampling": {k: v for k, v in sampling.to_dict().items() if k not in ("seed", "ignore_eos")},
+        "files": [],
+        "created_by": {"edgekit": __version__},
+    }
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise EdgekitError(f"{out}: cannot write the bundle ({e.strerror or e})") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the bundle from the app's build tools
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+            manifest["files"].append({"path": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(tmp / f.name)})
+        (tmp / "README.md").write_text(integration_note(manifest), encoding="utf-8")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)  # the bundle appears complete or not at all
+    except OSError as e:  # a full disk, a vanished directory: one line, no half-written bundle
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EdgekitError(f"{out}: cannot write the bundle ({e.strerror or e})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    path = bundle / MANIFEST
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EdgekitError(f"{path}: unreadable bundle manifest ({e})") from None
+    if not isinstance(man, dict) or man.get("schema") != SCHEMA:
+        raise EdgekitError(f"{path}: not an edgekit bundle manifest (schema {man.get('schema')!r})"
+                           if isinstance(man, dict) else f"{path}: not an edgekit bundle manifest")
+    version = man.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise EdgekitError(f"{path}: bundle schema version {version!r}; this edgekit reads up to {SCHEMA_VERSION}")
+    return man
+
+
+def verify(bundle: str | Path, checksums: bool = True) -> Path:
+    """Check a bundle's files against its manifest (presence, size and, unless checksums=False, sha256); the
+    path of its model file."""
+    bundle = Path(bundle)
+    man = read_manifest(bundle)
+    try:
+        entries = [(str(e["path"]), int(e["bytes"]), str(e["sha256"])) for e in man["files"]]
+        model = bundle / str(man["model"]["file"])
+    except (KeyError, TypeError, ValueError):
+        raise EdgekitError(f"{bundle / MANIFEST}: malformed bundle manifest (files/model)") from None
+    if model.name not in {p for p, _, _ in entries}:
+        raise EdgekitError(f"{bundle / MANIFEST}: the model file {model.name} has no checksum")
+    for name, size, want in entries:
+        f = bundle / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise EdgekitError(f"{bundle / MANIFEST}: file path {name!r} leaves the bundle")
+        if not f.is_file():
+            raise EdgekitError(f"{f}: missing from the bundle")
+        got_size = f.stat().st_size
+        if got_size != size:
+            raise EdgekitError(f"{f}: corrupt bundle ({got_size} bytes, manifest says {size})")
+        got = sha256_file(f) if checksums else want
+        if got != want:
+            raise EdgekitError(f"{f}: corrupt bundle (sha256 {got[:16]}..., manifest says {want[:16]}...)")
+    return model
+
+
+_RUN = {
+    ("gguf", "android"): (
+        "Build llama.cpp for Android with the NDK (CMake, `-DANDROID_ABI=arm64-v8a`; its "
+        "`examples/llama.android` app shows the JNI glue) and load `{model}` with `llama_model_load_from_file`."),
+    ("gguf", "ios"): (
+        "Use llama.cpp's XCFramework / Swift package (its `examples/llama.swiftui` app shows the calls; Metal is "
+        "used on device) and load `{model}` from the app bundle (`Bundle.main.path(forResource:ofType:)`)."),
+    ("gguf", "linux"): (
+        "`edgekit chat .`, `edgekit serve .` (OpenAI-compatible HTTP on 127.0.0.1) or from Python "
+        "`edgekit.load(\".\")`; llama.cpp's own `llama-cli -m {model}` / `llama-server -m {model}` run it too."),
+    ("pte", "android"): (
+        "Add ExecuTorch's Android library (with the XNNPACK backend) and run `{model}` with "
+        "`org.pytorch.executorch.Module`: `forward(input_ids int64 [1, n], cache_position int64 [n])` returns the "
+        "last position's logits; see `{model_stem}.manifest.json` for kernels the program needs."),
+    ("pte", "ios"): (
+        "Add ExecuTorch's Swift package with the XNNPACK backend (plus the quantized kernels if "
+        "`{model_stem}.manifest.json` lists them) and run `{model}`'s `forward(input_ids, cache_position)`."),
+    ("pte", "linux"): (
+        "`edgekit chat .`, `edgekit serve .` (OpenAI-compatible HTTP on 127.0.0.1) or from Python "
+        "`edgekit.load(\".\")` (needs `pip install 'edgekit[pte]'`)."),
+}
+
+_BACKEND_NAMES = {"llama.cpp": "llama.cpp", "executorch": "ExecuTorch"}
+
+_SHIP = {
+    "android": ("Ship the directory in `assets/`. Assets are compressed inside the APK and cannot be memory-mapped: "
+                "copy them to `context.filesDir` on first launch (or mark them `noCompress` in Gradle), then check "
+                "the sha256 of each copy against `manifest.json`."),
+    "ios": "Add the directory to the app target as a folder reference; files in the app bundle can be memory-mapped.",
+    "linux": "Copy the directory anywhere; `edgekit.load(dir)` verifies every checksum before loading.",
+}
+
+
+def integration_note(man: dict[str, Any]) -> str:
+    """README.md of a bundle: what is in it and how an app on the target uses it."""
+    model = man["model"]["file"]
+    run = _RUN[(man["format"], man["target"])].format(model=model, model_stem=Path(model).stem)
+    stops = ", ".join(f"{t['id']} ({t['text']!r})" if t.get("text") else str(t["id"]) for t in man["stop_tokens"])
+    template = ("the Jinja template in `manifest.json` (`chat_template`), rendered as Hugging Face transformers "
+                "does" if man["chat_template"] else "none (a base model): use plain text prompts")
+    lines = [
+        f"# {man['name']} for {man['target']}",
+        "",
+        f"Made by edgekit {man['created_by']['edgekit']}: a {man['format'].upper()} model for "
+        f"{_BACKEND_NAMES.get(man['backend'], man['backend'])}, "
+        f"context {man['context_length']} tokens.",
+        "",
+        "## Files",
+        "",
+        *(f"- `{f['path']}` ({f['bytes']:,} bytes, sha256 `{f['sha256']}`)" for f in man["files"]),
+        "- `manifest.json`: format, backend, context length, chat template, stop tokens, default sampling, "
+        f"checksums (schema `{SCHEMA}` version {SCHEMA_VERSION})",
+        "",
+        "## Shipping it",
+        "",
+        _SHIP[man["target"]],
+        "",
+        "## Running it",
+        "",
+        run,
+        "",
+        f"- Chat format: {template}.",
+        f"- Stop generating at token ids {stops or '(none)'}"
+        + (f" or when the text contains {', '.join(map(repr, man['stop_strings']))}" if man["stop_strings"] else "")
+        + ".",
+        "- Default sampling: " + ", ".join(f"{k} {v}" for k, v in man["default_sampling"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
