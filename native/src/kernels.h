@@ -1,0 +1,114 @@
+/* Internals of the matmul kernels: the Q8_K activation block, the per-level kernel table (one
+ * entry per weight type, in the spirit of ggml's CPU type traits) and the activation quantizers.
+ *
+ * The activation quantizers are static inline on purpose: every level's file compiles its own
+ * copy with its own flags, and all copies give the same bytes (max, one division, multiplies and
+ * round-to-nearest-even are exact IEEE operations whatever the vector width), so the levels
+ * only differ in the order of float sums in the dot products. */
+#ifndef EDGEKIT_KERNELS_H
+#define EDGEKIT_KERNELS_H
+
+#include <math.h>
+
+#include "common.h"
+#include "edgekit.h"
+
+/* ggml's block_q8_K: activations for the K-quants. bsums[j] = sum of qs[16j .. 16j+15], which
+ * turns Q4_K's mins and Q6_K's -32 offset into 16 multiplies per block. */
+typedef struct {
+    float d;
+    int8_t qs[EK_QK_K];
+    int16_t bsums[EK_QK_K / 16];
+} ek_block_q8_k;
+_Static_assert(sizeof(ek_block_q8_k) == 292, "block_q8_K must be 292 bytes");
+
+/* Quantize n activations (a multiple of the block size) into blocks. */
+typedef void (*ek_act_fn)(const float *x, void *y, int64_t n);
+/* s = dot(one weight row of n values, one activation row). */
+typedef void (*ek_dot_fn)(int64_t n, const void *w, const void *x, float *s);
+/* A register tile: mr weight rows (w, ws bytes apart) times nc activation rows (x, xs bytes
+ * apart) into y[c*ys + r]. Weight blocks are decoded once per tile and used nc times. */
+typedef void (*ek_tile_fn)(int64_t n, const void *w, size_t ws, const void *x, size_t xs, float *y, size_t ys);
+
+typedef struct {
+    const char *impl; /* level whose code this is */
+    ek_dot_fn dot;
+    ek_tile_fn tile; /* NULL: the driver loops over dot */
+    int mr, nc;      /* tile shape */
+} ek_type_kernels;
+
+typedef struct {
+    const char *name;
+    int level;
+    ek_type_kernels f32, f16, q8_0, q4_k, q6_k;
+} ek_kernel_set;
+
+extern const ek_kernel_set ek_kernels_scalar;
+#if defined(EK_HAVE_X86)
+extern const ek_kernel_set ek_kernels_avx2, ek_kernels_avxvnni, ek_kernels_avx512vnni;
+#endif
+#if defined(EK_HAVE_ARM)
+extern const ek_kernel_set ek_kernels_neon;
+#endif
+#if defined(EK_HAVE_ARM64)
+extern const ek_kernel_set ek_kernels_dotprod, ek_kernels_i8mm;
+#endif
+
+/* The kernel set in use (cpu.c), and the error message of this thread's last failed call. */
+const ek_kernel_set *ek_kernels(void);
+void ek_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Q8_0 activations: d = max|x| / 127, q = round-to-nearest-even(x / d), so |q| <= 127 (the SIMD
+ * Q8_0 dot products rely on that: they move the weight's sign onto the activation). */
+static inline void ek_act_q8_0(const float *x, void *dst, int64_t n) {
+    ek_block_q8_0 *y = (ek_block_q8_0 *)dst;
+    for (int64_t b = 0; b < n / EK_QK8_0; b++, x += EK_QK8_0) {
+        float amax = 0.0f;
+        for (int i = 0; i < EK_QK8_0; i++) amax = fmaxf(amax, fabsf(x[i]));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = ek_fp32_to_fp16(d);
+        /* the clamp only matters when 1/d overflows (subnormal inputs) */
+        for (int i = 0; i < EK_QK8_0; i++) y[b].qs[i] = (int8_t)ek_imax(-127, ek_imin(127, ek_nearest_int(x[i] * id)));
+    }
+}
+
+/* Q8_K activations, as ggml's quantize_row_q8_K_ref: the value of largest magnitude maps to
+ * -128, d = 1 / iscale is a float, the rest clamps at 127. */
+static inline void ek_act_q8_k(const float *x, void *dst, int64_t n) {
+    ek_block_q8_k *y = (ek_block_q8_k *)dst;
+    for (int64_t b = 0; b < n / EK_QK_K; b++, x += EK_QK_K) {
+        float amax = 0.0f, max = 0.0f;
+        for (int i = 0; i < EK_QK_K; i++) {
+            const float a = fabsf(x[i]);
+            if (a > amax) {
+                amax = a;
+                max = x[i];
+            }
+        }
+        if (amax == 0.0f) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        const float iscale = -128.0f / max;
+        for (int i = 0; i < EK_QK_K; i++) y[b].qs[i] = (int8_t)ek_imin(127, ek_nearest_int(iscale * x[i]));
+        for (int j = 0; j < EK_QK_K / 16; j++) {
+            int sum = 0;
+            for (int i = 0; i < 16; i++) sum += y[b].qs[16 * j + i];
+            y[b].bsums[j] = (int16_t)sum;
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+/* Q4_K's 12 packed bytes -> 8 six-bit scales and 8 six-bit mins (layout: quant_q4_k.c). */
+static inline void ek_unpack_q4_k_scales(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = q[j] & 63;
+        m[j] = q[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((q[j + 8] & 0xF) | ((q[j] >> 6) << 4));
+        m[j + 4] = (uint8_t)((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
+    }
+}
+
+#endif
