@@ -218,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--tensors", action="store_true", help="list every tensor")
     i.set_defaults(func=_inspect)
+
+    from edgekit import doctor
+
+    doctor.add_parser(sub)
     return p
 
 
