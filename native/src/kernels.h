@@ -30,11 +30,17 @@ typedef void (*ek_dot_fn)(int64_t n, const void *w, const void *x, float *s);
  * apart) into y[c*ys + r]. Weight blocks are decoded once per tile and used nc times. */
 typedef void (*ek_tile_fn)(int64_t n, const void *w, size_t ws, const void *x, size_t xs, float *y, size_t ys);
 
+/* vr weight rows (w, ws bytes apart) against one activation row: y[0 .. vr-1]. Optional, for
+ * GEMV where several row streams at once pay (float weights). */
+typedef void (*ek_dotr_fn)(int64_t n, const void *w, size_t ws, const void *x, float *y);
+
 typedef struct {
     const char *impl; /* level whose code this is */
     ek_dot_fn dot;
     ek_tile_fn tile; /* NULL: the driver loops over dot */
     int mr, nc;      /* tile shape */
+    ek_dotr_fn dotr; /* optional: vr rows x 1 token */
+    int vr;
 } ek_type_kernels;
 
 typedef struct {
@@ -73,8 +79,9 @@ static inline void ek_act_q8_0(const float *x, void *dst, int64_t n) {
     }
 }
 
-/* Q8_K activations, as ggml's quantize_row_q8_K_ref: the value of largest magnitude maps to
- * -128, d = 1 / iscale is a float, the rest clamps at 127. */
+/* Q8_K activations, as ggml's quantize_row_q8_K_ref (which all ggml CPU backends use): the value
+ * of largest magnitude maps to -127 (ggml moved from -128 so SIMD code can take |q|), d = 1/iscale
+ * as a float; the clamp at 127 never triggers but keeps ggml's exact formula. */
 static inline void ek_act_q8_k(const float *x, void *dst, int64_t n) {
     ek_block_q8_k *y = (ek_block_q8_k *)dst;
     for (int64_t b = 0; b < n / EK_QK_K; b++, x += EK_QK_K) {
@@ -90,7 +97,7 @@ static inline void ek_act_q8_k(const float *x, void *dst, int64_t n) {
             memset(&y[b], 0, sizeof y[b]);
             continue;
         }
-        const float iscale = -128.0f / max;
+        const float iscale = -127.0f / max;
         for (int i = 0; i < EK_QK_K; i++) y[b].qs[i] = (int8_t)ek_imin(127, ek_nearest_int(iscale * x[i]));
         for (int j = 0; j < EK_QK_K / 16; j++) {
             int sum = 0;

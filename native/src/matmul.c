@@ -169,7 +169,11 @@ static void mm_rows(const mm_job *j, int64_t r0, int64_t r1) {
     }
     for (; t < j->ntok; t++) {
         const uint8_t *x = j->x + (size_t)t * j->xrow;
-        for (int64_t r = r0; r < r1; r++) k->dot(n, j->w + (size_t)r * j->wrow, x, j->y + t * ld + r);
+        int64_t r = r0;
+        if (k->dotr != NULL) {
+            for (; r + k->vr <= r1; r += k->vr) k->dotr(n, j->w + (size_t)r * j->wrow, j->wrow, x, j->y + t * ld + r);
+        }
+        for (; r < r1; r++) k->dot(n, j->w + (size_t)r * j->wrow, x, j->y + t * ld + r);
     }
 }
 
@@ -234,8 +238,9 @@ int ek_matmul_q(int type, const void *w, int64_t nrows, int64_t ncols, const voi
     if (nth > POOL_MAX) nth = POOL_MAX;
 
     /* Chunks: about 4 per thread for balance (threads share cores with others), at most 256 KiB
-     * of weights when there are several token tiles to pass over them, whole register tiles. */
-    const int mr = job.k->mr;
+     * of weights when there are several token tiles to pass over them, whole register tiles
+     * (and whole dotr row groups). */
+    const int mr = job.k->mr > job.k->vr ? job.k->mr : job.k->vr > 0 ? job.k->vr : 1;
     int64_t chunk = (nrows + 4 * nth - 1) / (4 * nth);
     if (ntokens > job.k->nc) {
         const int64_t fit = (int64_t)((256 * 1024) / wrow);
