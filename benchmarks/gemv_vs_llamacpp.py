@@ -117,19 +117,21 @@ class Ggml:
 
     def gemv_graph(self, qt: QT, w: np.ndarray, count: int, mbytes: int, shape, x: np.ndarray, y: np.ndarray,
                    threads: int, poll: int | None = None):
-        """A runner computing y[i] = W_i @ x for the `count` matrices laid out back to back in w."""
+        """A runner computing y[i] = x @ W_i.T for the `count` matrices laid out back to back in w
+        (x: (ntokens, ncols) float32, y: (count, ntokens, nrows))."""
         nrows, ncols = shape
         size = count + 8
         ctx = self.base.ggml_init(_InitParams(3 * size * self.base.ggml_tensor_overhead()
                                               + self.base.ggml_graph_overhead_custom(4 * size, False), None, True))
         gf = self.base.ggml_new_graph_custom(ctx, 4 * size, False)
-        xt = self.base.ggml_new_tensor_2d(ctx, 0, ncols, 1)
+        ntok = x.size // ncols
+        xt = self.base.ggml_new_tensor_2d(ctx, 0, ncols, ntok)
         self._set_data(xt, x.ctypes.data)
         for i in range(count):
             wt = self.base.ggml_new_tensor_2d(ctx, int(qt), ncols, nrows)
             self._set_data(wt, w.ctypes.data + i * mbytes)
             out = self.base.ggml_mul_mat(ctx, wt, xt)
-            self._set_data(out, y.ctypes.data + i * nrows * 4)
+            self._set_data(out, y.ctypes.data + i * ntok * nrows * 4)
             self.base.ggml_build_forward_expand(gf, out)
         tp_params = self.base.ggml_threadpool_params_default(threads)
         if poll is not None:
@@ -153,14 +155,14 @@ class Ggml:
 
 
 # ---- the benchmark -------------------------------------------------------------------------------
-def ek_runner(qt: QT, shape, wptrs: list[int], xp, yptrs: list, level: str, nth: int):
-    """One pass of edgekit GEMVs over every weight copy, at one kernel level."""
+def ek_runner(qt: QT, shape, ntok: int, wptrs: list[int], xp, yptrs: list, level: str, nth: int):
+    """One pass of edgekit matmuls over every weight copy, at one kernel level."""
     c, (nrows, ncols) = K._c(), shape
 
     def run() -> None:
         K.set_level(level)
         for wp, yp in zip(wptrs, yptrs, strict=True):
-            c.ek_matmul(int(qt), wp, nrows, ncols, xp, 1, yp, nth)
+            c.ek_matmul(int(qt), wp, nrows, ncols, xp, ntok, yp, nth)
 
     return run
 
@@ -173,6 +175,49 @@ def make_weights(qt: QT, shape, count: int, rng) -> tuple[np.ndarray, int]:
     return np.tile(one, count), one.nbytes
 
 
+def measure(ggml: Ggml, qt: QT, shape, ntok: int, gib: float, threads: list[int], levels: list[str], passes: int,
+            rng) -> list[tuple]:
+    """Seconds per pass for each implementation, per thread count: (type, shape, threads, ntok, bytes, times, diff)."""
+    nrows, ncols = shape
+    count = max(2, int(np.ceil(gib * GIB / (nrows * K.row_size(qt, ncols)))))
+    w, mbytes = make_weights(qt, shape, count, rng)
+    x = rng.standard_normal((ntok, ncols)).astype(np.float32)
+    y_ek = np.empty((count, ntok, nrows), np.float32)
+    y_gg = np.empty((count, ntok, nrows), np.float32)
+    xp = x.ctypes.data_as(K._F32_P)
+    wptrs = [w.ctypes.data + i * mbytes for i in range(count)]
+    yptrs = [ctypes.cast(y_ek.ctypes.data + i * ntok * nrows * 4, K._F32_P) for i in range(count)]
+    rows = []
+    for nth in threads:
+        # Round robin over the implementations, pass by pass, so that load from other processes
+        # on a shared machine spreads over all of them alike; medians per implementation.
+        run_gg, close = ggml.gemv_graph(qt, w, count, mbytes, shape, x, y_gg, nth)
+        runners = {lv: ek_runner(qt, shape, ntok, wptrs, xp, yptrs, lv, nth) for lv in levels}
+        runners["llama.cpp"] = run_gg
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        try:
+            for fn in runners.values():
+                fn()  # warm-up: page faults, thread start-up
+            for i in range(passes):
+                for k, fn in runners.items():
+                    if k == "scalar" and i >= max(1, passes // 2):
+                        continue  # slow, and only a reference
+                    t = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - t)
+        finally:
+            close()
+        ek_runner(qt, shape, ntok, wptrs, xp, yptrs, levels[-1], nth)()
+        # same answers? (ggml rounds F16-weight activations to F16: a looser match there)
+        diff = float(np.abs(y_ek - y_gg).max() / max(np.abs(y_gg).max(), 1e-30))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append((qt.name, f"{nrows}x{ncols}", nth, ntok, count * mbytes, med, diff))
+        print(qt.name, shape, f"tokens={ntok}", f"threads={nth}", {k: f"{v * 1e3:.1f} ms" for k, v in med.items()},
+              f"maxdiff {diff:.1e}", file=sys.stderr)
+    K.set_level(K.available_levels()[-1])
+    return rows
+
+
 def bench(args) -> str:
     types = [QT[t] for t in args.types.split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -180,56 +225,19 @@ def bench(args) -> str:
     levels = K.available_levels() if args.levels == "all" else args.levels.split(",")
     ggml = Ggml()
     rng = np.random.default_rng(0)
-    f32p = K._F32_P
 
     bw = {t: read_bandwidth(t) for t in threads}
     print("read bandwidth:", {t: f"{v:.1f} GB/s" for t, v in bw.items()}, file=sys.stderr)
     load0 = os.getloadavg()
-    rows = []
-    for qt in types:
-        for shape in shapes:
-            nrows, ncols = shape
-            mbytes_est = nrows * K.row_size(qt, ncols)
-            count = max(2, int(np.ceil(args.gib * GIB / mbytes_est)))
-            w, mbytes = make_weights(qt, shape, count, rng)
-            x = rng.standard_normal(ncols).astype(np.float32)
-            y_ek = np.empty((count, nrows), np.float32)
-            y_gg = np.empty((count, nrows), np.float32)
-            total = count * mbytes
-            xp = x.ctypes.data_as(f32p)
-            wptrs = [w.ctypes.data + i * mbytes for i in range(count)]
-            yptrs = [ctypes.cast(y_ek.ctypes.data + i * nrows * 4, f32p) for i in range(count)]
-            for nth in threads:
-                # Round robin over the implementations, pass by pass, so that load from other
-                # processes on a shared machine spreads over all of them alike; medians per implementation.
-                run_gg, close = ggml.gemv_graph(qt, w, count, mbytes, shape, x, y_gg, nth)
-
-                runners = {lv: ek_runner(qt, shape, wptrs, xp, yptrs, lv, nth) for lv in levels}
-                runners["llama.cpp"] = run_gg
-                times: dict[str, list[float]] = {k: [] for k in runners}
-                try:
-                    for fn in runners.values():
-                        fn()  # warm-up: page faults, thread start-up
-                    for i in range(args.passes):
-                        for k, fn in runners.items():
-                            if k == "scalar" and i >= max(1, args.passes // 2):
-                                continue  # slow, and only a reference
-                            t = time.perf_counter()
-                            fn()
-                            times[k].append(time.perf_counter() - t)
-                finally:
-                    close()
-                res = {k: total / statistics.median(v) / 1e9 for k, v in times.items()}
-                run_ek = ek_runner(qt, shape, wptrs, xp, yptrs, levels[-1], nth)
-                # same answers? (ggml rounds F16-weight activations to F16: a looser match there)
-                run_ek()
-                diff = float(np.abs(y_ek - y_gg).max() / max(np.abs(y_gg).max(), 1e-30))
-                rows.append((qt.name, f"{nrows}x{ncols}", nth, count, total, res, diff))
-                print(qt.name, shape, nth, {k: f"{v:.1f}" for k, v in res.items()}, f"maxdiff {diff:.1e}",
-                      file=sys.stderr)
-            del w
+    gemv = [r for qt in types for shape in shapes
+            for r in measure(ggml, qt, shape, 1, args.gib, threads, levels, args.passes, rng)]
+    gemm = []
+    if args.gemm_tokens > 0:
+        simd = [lv for lv in levels if lv != "scalar"] or levels
+        gemm = [r for qt in types
+                for r in measure(ggml, qt, shapes[0], args.gemm_tokens, args.gib / 4, threads, simd, args.passes, rng)]
     load1 = os.getloadavg()
-    return report(rows, levels, bw, load0, load1, args)
+    return report(gemv, gemm, levels, bw, load0, load1, args)
 
 
 def cpu_model() -> str:
@@ -242,8 +250,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def report(rows, levels, bw, load0, load1, args) -> str:
-    best_lv = levels[-1]
+def report(gemv, gemm, levels, bw, load0, load1, args) -> str:
     out = [
         "# GEMV throughput: edgekit kernels vs llama.cpp (ggml)",
         "",
@@ -251,12 +258,14 @@ def report(rows, levels, bw, load0, load1, args) -> str:
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} CPUs; features: {' '.join(K.features())}",
         f"- edgekit levels: {', '.join(levels)}; llama.cpp: libggml-cpu from llama-cpp-python (its own x86 build "
-        "flags, see .ci/setup), ggml_mul_mat graphs on a persistent ggml threadpool",
-        f"- working set per row: >= {args.gib:g} GiB of distinct weight copies per pass (well over the L3), median "
+        "flags, see .ci/setup), ggml_mul_mat graphs on a persistent ggml threadpool, on the same weight bytes",
+        f"- GEMV working set: >= {args.gib:g} GiB of distinct weight copies per pass (well over the L3); median "
         f"of {args.passes} passes after a warm-up, implementations interleaved pass by pass",
         "- measured read bandwidth (numpy max over 1 GiB): "
         + ", ".join(f"{v:.1f} GB/s with {t} thread{'s' if t > 1 else ''}" for t, v in bw.items()),
         f"- load average before/after: {load0[0]:.2f} / {load1[0]:.2f} (a shared machine makes all numbers noisy)",
+        "",
+        "## GEMV (1 token)",
         "",
         "GB/s = bytes of weights read per second. ratio = best edgekit level / llama.cpp. "
         "%bw = best edgekit level as a fraction of the measured read bandwidth at the same thread count. "
@@ -265,10 +274,25 @@ def report(rows, levels, bw, load0, load1, args) -> str:
         "| type | shape (rows x cols) | threads | " + " | ".join(levels) + " | llama.cpp | ratio | %bw | maxdiff |",
         "|---|---|---|" + "---|" * len(levels) + "---|---|---|---|",
     ]
-    for name, shape, nth, _count, _total, res, diff in rows:
-        ratio = res[best_lv] / res["llama.cpp"]
-        out.append(f"| {name} | {shape} | {nth} | " + " | ".join(f"{res[lv]:.1f}" for lv in levels)
-                   + f" | {res['llama.cpp']:.1f} | {ratio:.2f} | {100 * res[best_lv] / bw[nth]:.0f}% | {diff:.1e} |")
+    for name, shape, nth, _ntok, total, med, diff in gemv:
+        gbs = {k: total / v / 1e9 for k, v in med.items()}
+        best = gbs[levels[-1]]
+        out.append(f"| {name} | {shape} | {nth} | " + " | ".join(f"{gbs[lv]:.1f}" for lv in levels)
+                   + f" | {gbs['llama.cpp']:.1f} | {best / gbs['llama.cpp']:.2f} | {100 * best / bw[nth]:.0f}% "
+                   f"| {diff:.1e} |")
+    if gemm:
+        simd = [k for k in gemm[0][5] if k != "llama.cpp"]
+        out += ["", f"## GEMM ({gemm[0][3]} tokens: prefill)", "",
+                "GOP/s = 2 x rows x cols x tokens / time (multiply-adds, int8 or float). ratio = best edgekit "
+                "level / llama.cpp.", "",
+                "| type | shape (rows x cols) | tokens | threads | " + " | ".join(simd) + " | llama.cpp | ratio |",
+                "|---|---|---|---|" + "---|" * len(simd) + "---|---|"]
+        for name, shape, nth, ntok, total, med, _diff in gemm:
+            r, c = (int(v) for v in shape.split("x"))
+            count = total // (r * K.row_size(QT[name], c))
+            gops = {k: 2 * r * c * ntok * count / v / 1e9 for k, v in med.items()}
+            out.append(f"| {name} | {shape} | {ntok} | {nth} | " + " | ".join(f"{gops[lv]:.1f}" for lv in simd)
+                       + f" | {gops['llama.cpp']:.1f} | {gops[simd[-1]] / gops['llama.cpp']:.2f} |")
     return "\n".join(out) + "\n"
 
 
@@ -280,6 +304,7 @@ def main() -> None:
     p.add_argument("--levels", default="all", help="edgekit levels to run (default: every available one)")
     p.add_argument("--gib", type=float, default=1.0, help="weights walked per pass, GiB (default: 1)")
     p.add_argument("--passes", type=int, default=5)
+    p.add_argument("--gemm-tokens", type=int, default=32, help="tokens for the GEMM table, first shape (0: none)")
     p.add_argument("--quick", action="store_true", help="0.5 GiB, 3 passes: a rough look")
     p.add_argument("-o", "--output", type=Path, help="markdown file (default: benchmarks/results/gemv_<arch>.md)")
     args = p.parse_args()

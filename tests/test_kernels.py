@@ -179,6 +179,53 @@ def test_prequantized_activations_and_gemv_shape() -> None:
     np.testing.assert_array_equal(y1, y[1])
 
 
+def test_thread_pool_is_persistent_and_shared() -> None:
+    """Workers are created once and reused; concurrent callers (the pool busy) still get right answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    qt, shape = QT.Q8_0, (300, 1024)
+    wb = weights(qt, rng.standard_normal(shape))
+    xs = [rng.standard_normal((3, 1024)).astype(np.float32) for _ in range(8)]
+    want = [K.matmul(wb, qt, shape, x, nthreads=1) for x in xs]
+    K.matmul(wb, qt, shape, xs[0], nthreads=4)  # the pool now has its workers
+    before = len(os.listdir("/proc/self/task"))
+    for _ in range(20):
+        K.matmul(wb, qt, shape, xs[0], nthreads=4)
+    assert len(os.listdir("/proc/self/task")) == before, "threads created per call"
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: K.matmul(wb, qt, shape, x, nthreads=2), xs * 5))
+    for g, w in zip(got, want * 5, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("qt", TYPES, ids=lambda t: t.name)
+def test_matches_llama_cpp_ggml(qt: QT) -> None:
+    """The same weight bytes through ggml's own CPU kernels (llama-cpp-python's libggml, via ctypes).
+    Q8_0/Q4_K/Q6_K quantize activations exactly as ggml does, so only float rounding differs; ggml
+    rounds activations to F16 for F16 weights, a looser match there."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from gemv_vs_llamacpp import Ggml
+    finally:
+        sys.path.pop(0)
+    g = Ggml()
+    rng = np.random.default_rng(12)
+    n = {QT.F32: 96, QT.F16: 96}.get(qt, NCOLS[qt])
+    for ntok in (1, 7):
+        wb = weights(qt, rng.standard_normal((23, n))).reshape(-1)
+        x = rng.standard_normal((ntok, n)).astype(np.float32)
+        y = np.zeros((ntok, 23), np.float32)
+        run, close = g.gemv_graph(qt, wb, 1, wb.nbytes, (23, n), x, y, 2)
+        try:
+            run()
+        finally:
+            close()
+        ours = K.matmul(wb, qt, (23, n), x)
+        tol = (3e-3 if qt == QT.F16 else 1e-5) * term_bound(qt, wb.reshape(23, -1), (23, n), x) + 1e-30
+        assert (np.abs(ours - y) <= tol).all(), f"{qt.name} x{ntok}: max diff {np.abs(ours - y).max()}"
+
+
 # ---- the scalar reference against gguf-py + numpy ---------------------------------------------
 @pytest.mark.parametrize("qt", TYPES, ids=lambda t: t.name)
 def test_scalar_matches_dequantized_matmul(qt: QT) -> None:
