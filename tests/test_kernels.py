@@ -115,7 +115,7 @@ def cases(qt: QT):
         yield f"{nrows}x{n}x{ntok}", weights(qt, w), (nrows, n), rng.standard_normal((ntok, n)).astype(np.float32)
     for wf, xf in EDGES:
         yield (f"w={wf},x={xf}", weights(qt, FILLS[wf](rng, (9, n))), (9, n),
-               FILLS[xf](rng, (5, n)).astype(np.float32))
+               FILLS[xf](rng, (9, n)).astype(np.float32))  # 9 tokens: full register tiles and a rest
     if qt in QTYPES:
         for ntok in (1, 17):
             yield f"raw blocks x{ntok}", raw_blocks(qt, 11, n, rng), (11, n), rng.standard_normal((ntok, n)).astype(

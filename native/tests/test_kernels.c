@@ -171,11 +171,11 @@ int main(void) {
         const enum fill edge[][2] = {{F_ZERO, F_GAUSS}, {F_GAUSS, F_ZERO}, {F_HUGE, F_HUGE}, {F_EQUAL, F_NEG_EQUAL},
                                      {F_OUTLIER, F_GAUSS}, {F_GAUSS, F_OUTLIER}, {F_TINY, F_GAUSS}};
         for (size_t e = 0; e < sizeof edge / sizeof edge[0]; e++) {
-            check_case(type, 9, ncols, 5, edge[e][0], edge[e][1], 0, levels, nlevels);
+            check_case(type, 9, ncols, 9, edge[e][0], edge[e][1], 0, levels, nlevels);
         }
         if (type >= EK_TYPE_Q8_0) {
             check_case(type, 11, ncols, 1, F_GAUSS, F_GAUSS, 1, levels, nlevels);
-            check_case(type, 11, ncols, 6, F_GAUSS, F_HUGE, 1, levels, nlevels);
+            check_case(type, 11, ncols, 10, F_GAUSS, F_HUGE, 1, levels, nlevels);
         }
     }
     printf("%s: %d checks, %d failures\n", failures ? "FAILED" : "OK", checks, failures);
