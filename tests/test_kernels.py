@@ -226,6 +226,30 @@ def test_matches_llama_cpp_ggml(qt: QT) -> None:
         assert (np.abs(ours - y) <= tol).all(), f"{qt.name} x{ntok}: max diff {np.abs(ours - y).max()}"
 
 
+def test_runs_tensors_read_from_a_gguf_file(tmp_path) -> None:
+    """What a GGUF holds is what the kernels take: rows of raw blocks, in ggml's (ncols, nrows) order."""
+    import gguf
+
+    rng = np.random.default_rng(13)
+    path = tmp_path / "w.gguf"
+    wr = gguf.GGUFWriter(str(path), "llama")
+    src = {qt: weights(qt, rng.standard_normal((24, 512))) for qt in QTYPES}
+    for qt, wb in src.items():
+        wr.add_tensor(f"w.{qt.name}", wb, raw_dtype=qt)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    x = rng.standard_normal((3, 512)).astype(np.float32)
+    for t in gguf.GGUFReader(str(path)).tensors:
+        ncols, nrows = (int(v) for v in t.shape)
+        qt = QT(t.tensor_type)
+        y = K.matmul(t.data, qt, (nrows, ncols), x)
+        np.testing.assert_array_equal(y, K.matmul(src[qt], qt, (24, 512), x))
+        ref = deq_activations(qt, x) @ deq_weights(qt, src[qt], (24, 512)).T
+        assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 # ---- the scalar reference against gguf-py + numpy ---------------------------------------------
 @pytest.mark.parametrize("qt", TYPES, ids=lambda t: t.name)
 def test_scalar_matches_dequantized_matmul(qt: QT) -> None:
