@@ -100,7 +100,8 @@ FILLS = {
     "outlier": lambda rng, s: np.where(np.arange(s[-1]) % 97 == 5, 60.0, 0.01 * rng.standard_normal(s)),
     "tiny": lambda rng, s: rng.standard_normal(s) * 1e-6,
 }
-SHAPES = [(1, 1), (7, 1), (13, 3), (37, 17), (6, 4)]  # (nrows, ntokens): rows not a multiple of threads or tiles
+SHAPES = [(1, 1), (7, 1), (13, 3), (37, 17), (6, 4), (22, 40)]  # (nrows, ntokens): rows not a multiple of threads,
+# tiles or packed groups; 40 tokens = two 16-token groups + an 8-token tile
 EDGES = [("zeros", "gauss"), ("gauss", "zeros"), ("huge", "huge"), ("equal", "negative_equal"),
          ("outlier", "gauss"), ("gauss", "outlier"), ("tiny", "gauss"), ("negative_equal", "equal")]
 

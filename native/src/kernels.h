@@ -34,6 +34,14 @@ typedef void (*ek_tile_fn)(int64_t n, const void *w, size_t ws, const void *x, s
  * GEMV where several row streams at once pay (float weights). */
 typedef void (*ek_dotr_fn)(int64_t n, const void *w, size_t ws, const void *x, float *y);
 
+/* Packed GEMM (optional): activations of `gnc` tokens are first rearranged once per call (pack:
+ * gbytes(n) bytes per token group, 64-byte aligned), then gemm runs nrows weight rows against one
+ * packed group into y[t*ys + r]. For kernels whose inner loop broadcasts 4 weight bytes against
+ * one vector holding 4 bytes of each of gnc tokens (outer-product form, no horizontal sums). */
+typedef size_t (*ek_gbytes_fn)(int64_t n);
+typedef void (*ek_pack_fn)(int64_t n, const void *x, size_t xs, void *dst);
+typedef void (*ek_gemm_fn)(int64_t n, const void *w, size_t ws, int64_t nrows, const void *xp, float *y, size_t ys);
+
 typedef struct {
     const char *impl; /* level whose code this is */
     ek_dot_fn dot;
@@ -41,6 +49,10 @@ typedef struct {
     int mr, nc;      /* tile shape */
     ek_dotr_fn dotr; /* optional: vr rows x 1 token */
     int vr;
+    ek_gbytes_fn gbytes; /* optional packed GEMM, for groups of gnc tokens */
+    ek_pack_fn pack;
+    ek_gemm_fn gemm;
+    int gnc;
 } ek_type_kernels;
 
 typedef struct {

@@ -149,6 +149,9 @@ typedef struct {
     float *y;
     size_t wrow, xrow;
     int64_t nrows, ncols, ntok, chunk;
+    const uint8_t *packed; /* packed token groups for k->gemm, or NULL */
+    int64_t ngroups;
+    size_t gbytes;
     atomic_llong next;
 } mm_job;
 
@@ -156,6 +159,9 @@ static void mm_rows(const mm_job *j, int64_t r0, int64_t r1) {
     const ek_type_kernels *k = j->k;
     const int64_t n = j->ncols, ld = j->nrows;
     int64_t t = 0;
+    for (int64_t g = 0; g < j->ngroups; g++, t += k->gnc) {
+        k->gemm(n, j->w + (size_t)r0 * j->wrow, j->wrow, r1 - r0, j->packed + (size_t)g * j->gbytes, j->y + t * ld + r0, ld);
+    }
     if (k->tile != NULL) {
         for (; t + k->nc <= j->ntok; t += k->nc) {
             const uint8_t *x = j->x + (size_t)t * j->xrow;
@@ -251,7 +257,25 @@ int ek_matmul_q(int type, const void *w, int64_t nrows, int64_t ncols, const voi
     job.chunk = chunk;
     atomic_init(&job.next, 0);
     if ((nrows + chunk - 1) / chunk < nth) nth = (int)((nrows + chunk - 1) / chunk);
+
+    /* Packed GEMM for whole token groups: rearrange their activations once, here. */
+    void *packed = NULL;
+    if (job.k->gemm != NULL && ntokens >= job.k->gnc) {
+        job.ngroups = ntokens / job.k->gnc;
+        job.gbytes = job.k->gbytes(ncols);
+        packed = aligned_alloc(64, job.gbytes * (size_t)job.ngroups);
+        if (packed == NULL) {
+            job.ngroups = 0; /* no memory: the register tiles still work */
+        } else {
+            for (int64_t g = 0; g < job.ngroups; g++) {
+                job.k->pack(ncols, job.x + (size_t)(g * job.k->gnc) * job.xrow, job.xrow,
+                            (uint8_t *)packed + (size_t)g * job.gbytes);
+            }
+            job.packed = (const uint8_t *)packed;
+        }
+    }
     pool_run(mm_task, &job, nth);
+    free(packed);
     return 0;
 }
 

@@ -161,7 +161,7 @@ int main(void) {
 
     struct {
         int64_t nrows, ntok;
-    } shapes[] = {{1, 1}, {7, 1}, {13, 3}, {33, 17}, {6, 4}, {5, 2}};
+    } shapes[] = {{1, 1}, {7, 1}, {13, 3}, {33, 17}, {6, 4}, {5, 2}, {22, 40}};
     for (int t = 0; t < 5; t++) {
         const int type = types[t];
         const int64_t ncols = type == EK_TYPE_Q8_0 ? 96 : type >= EK_TYPE_Q4_K ? 512 : 37;
