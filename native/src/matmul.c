@@ -263,7 +263,8 @@ int ek_matmul_q(int type, const void *w, int64_t nrows, int64_t ncols, const voi
     if (job.k->gemm != NULL && ntokens >= job.k->gnc) {
         job.ngroups = ntokens / job.k->gnc;
         job.gbytes = job.k->gbytes(ncols);
-        packed = aligned_alloc(64, job.gbytes * (size_t)job.ngroups);
+        const size_t bytes = job.gbytes * (size_t)job.ngroups;
+        packed = aligned_alloc(64, (bytes + 63) / 64 * 64); /* C11: the size must be a multiple of the alignment */
         if (packed == NULL) {
             job.ngroups = 0; /* no memory: the register tiles still work */
         } else {

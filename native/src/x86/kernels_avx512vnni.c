@@ -5,5 +5,5 @@
 #define EK_NAME "avx512vnni"
 #define EK_LEVEL EK_LEVEL_AVX512VNNI
 #define EK_FLOAT_IMPL "avx512vnni" /* float weights: 512-bit FMAs */
-#define EK_KQ_IMPL "avx512vnni" /* K-quants use vpmaddubsw/vpmaddwd, not VNNI: 512-bit AVX-512BW code */
+#define EK_KQ_IMPL "avx512vnni" /* K-quant GEMV: 512-bit AVX-512BW; GEMM: VNNI */
 #include "kernels_x86.inc"

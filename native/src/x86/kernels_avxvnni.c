@@ -4,5 +4,5 @@
 #define EK_NAME "avxvnni"
 #define EK_LEVEL EK_LEVEL_AVXVNNI
 #define EK_FLOAT_IMPL "avx2" /* float weights have no integer dot: the VNNI levels share AVX2's code */
-#define EK_KQ_IMPL "avx2" /* K-quants use vpmaddubsw/vpmaddwd, not VNNI: the AVX2 code */
+#define EK_KQ_IMPL "avxvnni" /* K-quant GEMV: the AVX2 code (vpmaddwd folds the scales); GEMM: VNNI */
 #include "kernels_x86.inc"
