@@ -263,9 +263,9 @@ int ek_matmul_q(int type, const void *w, int64_t nrows, int64_t ncols, const voi
     if (job.k->gemm != NULL && ntokens >= job.k->gnc) {
         job.ngroups = ntokens / job.k->gnc;
         job.gbytes = job.k->gbytes(ncols);
-        const size_t bytes = job.gbytes * (size_t)job.ngroups;
-        packed = aligned_alloc(64, (bytes + 63) / 64 * 64); /* C11: the size must be a multiple of the alignment */
-        if (packed == NULL) {
+        /* posix_memalign, not C11 aligned_alloc: Android's libc has the latter only from API 28 */
+        if (posix_memalign(&packed, 64, job.gbytes * (size_t)job.ngroups) != 0) {
+            packed = NULL;
             job.ngroups = 0; /* no memory: the register tiles still work */
         } else {
             for (int64_t g = 0; g < job.ngroups; g++) {
