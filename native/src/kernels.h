@@ -59,6 +59,7 @@ typedef struct {
     const char *name;
     int level;
     ek_type_kernels f32, f16, q8_0, q4_k, q6_k;
+    ek_act_fn act_q8_0, act_q8_k; /* the inline quantizers below, compiled with this level's flags */
 } ek_kernel_set;
 
 extern const ek_kernel_set ek_kernels_scalar;
@@ -76,18 +77,41 @@ extern const ek_kernel_set ek_kernels_dotprod, ek_kernels_i8mm;
 const ek_kernel_set *ek_kernels(void);
 void ek_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Round to nearest, ties to even, after clamping to [lo, hi] (|lo|, |hi| < 2^22; NaN -> lo):
+ * adding and removing 1.5*2^23 rounds in the FPU's default mode, the same integer ek_nearest_int
+ * gives, in plain float operations that vectorize. */
+static inline int ek_round_clamp(float v, float lo, float hi) {
+    v = v >= lo ? v : lo; /* written as compares (not fminf/fmaxf, which stay libm calls) */
+    v = v <= hi ? v : hi;
+    return (int)((v + 12582912.0f) - 12582912.0f);
+}
+
+/* max |x[i]| as float bits: for non-negative floats the bit patterns order like the values, so
+ * an integer max (which vectorizes without -ffast-math, unlike a float one) finds it. */
+static inline uint32_t ek_amax_bits(const float *x, int n) {
+    uint32_t m = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        u &= 0x7fffffffu;
+        m = u > m ? u : m;
+    }
+    return m;
+}
+
 /* Q8_0 activations: d = max|x| / 127, q = round-to-nearest-even(x / d), so |q| <= 127 (the SIMD
  * Q8_0 dot products rely on that: they move the weight's sign onto the activation). */
 static inline void ek_act_q8_0(const float *x, void *dst, int64_t n) {
     ek_block_q8_0 *y = (ek_block_q8_0 *)dst;
     for (int64_t b = 0; b < n / EK_QK8_0; b++, x += EK_QK8_0) {
-        float amax = 0.0f;
-        for (int i = 0; i < EK_QK8_0; i++) amax = fmaxf(amax, fabsf(x[i]));
+        const uint32_t bits = ek_amax_bits(x, EK_QK8_0);
+        float amax;
+        memcpy(&amax, &bits, 4);
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = ek_fp32_to_fp16(d);
         /* the clamp only matters when 1/d overflows (subnormal inputs) */
-        for (int i = 0; i < EK_QK8_0; i++) y[b].qs[i] = (int8_t)ek_imax(-127, ek_imin(127, ek_nearest_int(x[i] * id)));
+        for (int i = 0; i < EK_QK8_0; i++) y[b].qs[i] = (int8_t)ek_round_clamp(x[i] * id, -127.0f, 127.0f);
     }
 }
 
@@ -97,12 +121,14 @@ static inline void ek_act_q8_0(const float *x, void *dst, int64_t n) {
 static inline void ek_act_q8_k(const float *x, void *dst, int64_t n) {
     ek_block_q8_k *y = (ek_block_q8_k *)dst;
     for (int64_t b = 0; b < n / EK_QK_K; b++, x += EK_QK_K) {
-        float amax = 0.0f, max = 0.0f;
+        /* the first value of largest magnitude, with its sign */
+        const uint32_t bits = ek_amax_bits(x, EK_QK_K);
+        float amax, max = 0.0f;
+        memcpy(&amax, &bits, 4);
         for (int i = 0; i < EK_QK_K; i++) {
-            const float a = fabsf(x[i]);
-            if (a > amax) {
-                amax = a;
+            if (fabsf(x[i]) == amax) {
                 max = x[i];
+                break;
             }
         }
         if (amax == 0.0f) {
@@ -110,7 +136,8 @@ static inline void ek_act_q8_k(const float *x, void *dst, int64_t n) {
             continue;
         }
         const float iscale = -127.0f / max;
-        for (int i = 0; i < EK_QK_K; i++) y[b].qs[i] = (int8_t)ek_imin(127, ek_nearest_int(iscale * x[i]));
+        /* ggml clamps at 127 only; -128 keeps NaN/overflow defined (|iscale*x| <= 127 otherwise) */
+        for (int i = 0; i < EK_QK_K; i++) y[b].qs[i] = (int8_t)ek_round_clamp(iscale * x[i], -128.0f, 127.0f);
         for (int j = 0; j < EK_QK_K / 16; j++) {
             int sum = 0;
             for (int i = 0; i < 16; i++) sum += y[b].qs[16 * j + i];

@@ -79,6 +79,9 @@ static void dot_q6_k(int64_t n, const void *w, const void *x, float *s) {
     *s = sum;
 }
 
+static void act_q8_0(const float *x, void *y, int64_t n) { ek_act_q8_0(x, y, n); }
+static void act_q8_k(const float *x, void *y, int64_t n) { ek_act_q8_k(x, y, n); }
+
 const ek_kernel_set ek_kernels_scalar = {
     .name = "scalar",
     .level = EK_LEVEL_SCALAR,
@@ -87,4 +90,6 @@ const ek_kernel_set ek_kernels_scalar = {
     .q8_0 = {"scalar", dot_q8_0, NULL, 1, 1},
     .q4_k = {"scalar", dot_q4_k, NULL, 1, 1},
     .q6_k = {"scalar", dot_q6_k, NULL, 1, 1},
+    .act_q8_0 = act_q8_0,
+    .act_q8_k = act_q8_k,
 };

@@ -292,11 +292,12 @@ size_t ek_quantize_activations(int type, const float *x, void *dst, int64_t ntok
         return 0;
     }
     uint8_t *out = (uint8_t *)dst;
+    const ek_kernel_set *k = ek_kernels(); /* same bytes at every level; vectorized above scalar */
     for (int64_t t = 0; t < ntokens; t++) {
         const float *row = x + t * ncols;
         switch (vt) {
-        case EK_TYPE_Q8_0: ek_act_q8_0(row, out + (size_t)t * xrow, ncols); break;
-        case EK_TYPE_Q8_K: ek_act_q8_k(row, out + (size_t)t * xrow, ncols); break;
+        case EK_TYPE_Q8_0: k->act_q8_0(row, out + (size_t)t * xrow, ncols); break;
+        case EK_TYPE_Q8_K: k->act_q8_k(row, out + (size_t)t * xrow, ncols); break;
         default: memcpy(out + (size_t)t * xrow, row, xrow); break;
         }
     }
