@@ -304,6 +304,21 @@ def test_activation_quantizers_match_ggml_formulas() -> None:
     assert qs[2].min() == -127 and qs.min() >= -127  # block with the -9.0
 
 
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_activation_quantizers_same_bytes_at_every_level(level: str) -> None:
+    """Each level compiles its own (vectorized) copy of the activation quantizers: same bytes."""
+    rng = np.random.default_rng(10)
+    x = np.concatenate([rng.standard_normal((3, 512)) * s for s in (1.0, 1e-30, 1e4)]).astype(np.float32)
+    x[4, :256] = 0.0
+    x[5, 3] = np.float32(-3e4)  # a negative largest magnitude, after equal positives
+    x[5, 10] = np.float32(3e4)
+    for qt in (QT.Q8_0, QT.Q4_K):
+        with K.using_level("scalar"):
+            want = K.quantize_activations(x, qt)
+        with K.using_level(level):
+            np.testing.assert_array_equal(K.quantize_activations(x, qt), want)
+
+
 # ---- dispatch and bad input ----------------------------------------------------------------------
 def _level_in_subprocess(value: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "EDGEKIT_CPU_LEVEL": value}
