@@ -310,7 +310,7 @@ def test_activation_quantizers_same_bytes_at_every_level(level: str) -> None:
     rng = np.random.default_rng(10)
     x = np.concatenate([rng.standard_normal((3, 512)) * s for s in (1.0, 1e-30, 1e4)]).astype(np.float32)
     x[4, :256] = 0.0
-    x[5, 3] = np.float32(-3e4)  # a negative largest magnitude, after equal positives
+    x[5, 3] = np.float32(-3e4)  # a tie of largest magnitudes, the negative one first
     x[5, 10] = np.float32(3e4)
     for qt in (QT.Q8_0, QT.Q4_K):
         with K.using_level("scalar"):
