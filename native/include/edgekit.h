@@ -95,7 +95,8 @@ const char *ek_kernel_impl(int type);
  * Activations are quantized first, as ggml does: to Q8_0 blocks for Q8_0 weights and to Q8_K
  * for Q4_K / Q6_K; F16 and F32 weights meet float32 activations (F16 widened exactly).
  * nthreads <= 0 uses every online CPU; threads come from a persistent pool created on first
- * use. Rows split over threads, so results do not depend on the thread count.
+ * use. Rows split over threads, so results do not depend on the thread count. y must not
+ * overlap w or x.
  * Functions returning int give 0 on success, a negative value on bad input (message in
  * ek_last_error). */
 
@@ -104,8 +105,9 @@ const char *ek_kernel_impl(int type);
 int ek_vec_type(int type);
 
 /* Quantize ntokens rows of ncols float32 activations to ek_vec_type(type) rows in dst
- * (ek_row_size(ek_vec_type(type), ncols) bytes each). Q8_0 values stay in -127..127.
- * Returns bytes written, 0 on error. */
+ * (ek_row_size(ek_vec_type(type), ncols) bytes each), byte for byte as ggml's CPU backend does
+ * (Q8_0: d = max|x|/127, round half to even; Q8_K: the largest magnitude maps to -127), so
+ * values stay in -127..127. Returns bytes written, 0 on error. */
 size_t ek_quantize_activations(int type, const float *x, void *dst, int64_t ntokens, int64_t ncols);
 
 /* Y = X @ W^T from float activations (quantized internally into a temporary buffer). */
