@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_imatrix)
 
+    from edgekit import doctor
+
+    doctor.add_parser(sub)
+
     e = sub.add_parser(
         "eval", help="perplexity on text; KL-divergence and top-1 agreement against a reference model",
         description="Score a model (HF directory or .gguf) on held-out text: its perplexity and, with --ref,\n"
@@ -218,10 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--tensors", action="store_true", help="list every tensor")
     i.set_defaults(func=_inspect)
-
-    from edgekit import doctor
-
-    doctor.add_parser(sub)
     return p
 
 
