@@ -308,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_imatrix)
 
+    from edgekit import doctor
+
+    doctor.add_parser(sub)
+
     e = sub.add_parser(
         "eval", help="perplexity on text; KL-divergence and top-1 agreement against a reference model",
         description="Score a model (HF directory or .gguf) on held-out text: its perplexity and, with --ref,\n"
