@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import write_report  # benchmarks/report.py (scripts run from this folder)
+
 from edgekit.converters import imatrix
 from edgekit.converters.gguf_export import ConvertConfig, convert
 from edgekit.demo import corpus, model_dir
@@ -106,10 +108,7 @@ def main() -> None:
         bpw = inspect_gguf(path)["bits_per_weight"] if path.suffix == ".gguf" else 8 * path.stat().st_size / n_params
         lines.append(f"| {scheme} | {tool} | {path.stat().st_size / mib:.2f} | {bpw:.2f} | {r.ppl:.3f} | "
                      f"{r.delta_ppl_pct:+.2f}% | {r.kl_mean:.5f} | {100 * r.top1:.2f}% |")
-    report = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(report)
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

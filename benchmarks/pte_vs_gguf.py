@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import write_report  # benchmarks/report.py (scripts run from this folder)
+
 SHAPES = {
     # name: (hidden, ffn, layers, heads, kv_heads, vocab)  -- Qwen2 architecture, tied embeddings
     "qwen2.5-0.5b": (896, 4864, 24, 14, 2, 151936),
@@ -208,10 +210,7 @@ def main() -> None:
         "(seen here on a tiny model at 2 threads: 284 ms/token spinning, 0.31 ms passive); PASSIVE avoids that. "
         "ExecuTorch's thread pool needs no such setting.",
     ]
-    report = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(report)
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import write_report  # benchmarks/report.py (scripts run from this folder)
+
 from edgekit.converters.executorch_export import PteConfig, export_pte
 from edgekit.converters.qat import QatConfig
 from edgekit.demo import corpus, model_dir
@@ -72,10 +74,7 @@ def main() -> None:
     qat_rows = [(label, res.qat) for label, _, res, _, _ in rows if res.qat]
     lines += ["", "QAT's own held-out windows (the first 16 windows of its training text, never trained on):", ""]
     lines += [f"- {label}: {q.summary()}" for label, q in qat_rows]
-    report = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(report)
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import write_report  # benchmarks/report.py (scripts run from this folder)
+
 SHAPES = {
     # name: (hidden, ffn, layers, heads, kv_heads, vocab, tied)
     "llama-3.2-1b": (2048, 8192, 16, 32, 8, 128256, True),
@@ -26,6 +28,7 @@ FTYPES = {"q4_k_m": 15, "q8_0": 7, "q6_k": 18}
 
 _EDGEKIT_CHILD = """
 import json, sys, time, resource
+
 from edgekit.converters.gguf_export import ConvertConfig, convert
 t = time.perf_counter()
 convert(ConvertConfig(source=sys.argv[1], output=sys.argv[2], quant=sys.argv[3], threads=int(sys.argv[4]),
@@ -143,10 +146,7 @@ def main() -> None:
         "",
         "All runs (s): " + "; ".join(f"{k}: " + ", ".join(f"{r['seconds']:.2f}" for r in v) for k, v in runs.items()),
     ]
-    report = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(report)
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":
