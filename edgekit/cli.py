@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  edgekit convert model-f16.gguf -o model-q4km.gguf --quant q4_k_m\n"
                "  edgekit convert --demo -o demo.gguf --quant q4_k_m\n"
                "  edgekit convert ./SmolLM2-360M-Instruct -o smol.pte --quant 8da4w --group-size 32\n"
-               "  edgekit convert ./my-llama -o my-llama.pte --quant 8da4w --embedding-quant 4w --max-seq-len 2048")
+               "  edgekit convert ./my-llama -o my-llama.pte --quant 8da4w --embedding-quant 4w --max-seq-len 2048\n"
+               "  edgekit convert ./my-llama -o qat/model.pte --quant 8da4w --qat --qat-data calib/ --qat-steps 200")
     c.add_argument("source", type=Path, nargs="?",
                    help="HF model directory (config.json, *.safetensors, tokenizer) or .gguf")
     c.add_argument("--demo", action="store_true",
