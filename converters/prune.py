@@ -23,6 +23,7 @@ Layers") and ShortGPT both find to be the most redundant.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -140,7 +141,7 @@ def prune(source_dir: str | Path, output_dir: str | Path, cfg: PruneConfig) -> P
     shape = _shape(model.config)
 
     keep_ffn = _keep_ffn(shape.ffn, cfg.ffn)
-    keep_groups = max(1, round(shape.kv_heads * (1 - cfg.heads)))  # at least one KV group remains
+    keep_groups = max(1, _nearest(shape.kv_heads * (1 - cfg.heads)))  # at least one KV group remains
     if keep_groups < shape.kv_heads and arch in _HEADS_FIXED:
         raise EdgekitError(f"--heads: {_HEADS_FIXED[arch]} cannot lose attention heads and still run in llama.cpp "
                            "(its graph there needs heads x head_dim = hidden size); prune --ffn/--layers only")
@@ -149,7 +150,7 @@ def prune(source_dir: str | Path, output_dir: str | Path, cfg: PruneConfig) -> P
 
     need_width = keep_ffn < shape.ffn or keep_groups < shape.kv_heads
     if cfg.importance == "activation" and cfg.wants_pruning:
-        ffn_imp, group_imp, layer_imp = _activation_importance(model, source_dir, shape, arch, cfg)
+        ffn_imp, group_imp, layer_imp = _activation_importance(model, source_dir, shape, cfg)
     else:
         ffn_imp, group_imp = _weight_importance(model, shape, arch) if need_width else ({}, {})
         # Deeper is less important, but the last layer is kept first (see the module docstring).
@@ -184,8 +185,13 @@ def _keep_ffn(n: int, frac: float) -> int:
         return n
     want = n * (1 - frac)
     if n >= 2 * FFN_MULTIPLE:
-        return min(n, max(FFN_MULTIPLE, round(want / FFN_MULTIPLE) * FFN_MULTIPLE))
-    return max(1, round(want))
+        return min(n, max(FFN_MULTIPLE, _nearest(want / FFN_MULTIPLE) * FFN_MULTIPLE))
+    return max(1, _nearest(want))
+
+
+def _nearest(x: float) -> int:
+    """x rounded to the nearest integer, halves up: a tie keeps more of the model (round() would go to even)."""
+    return math.floor(x + 0.5)
 
 
 def _top(scores, k: int) -> list[int]:
@@ -250,7 +256,7 @@ def _shape(c) -> _Shape:
 # Importance
 
 
-def _activation_importance(model, source_dir: Path, shape: _Shape, arch: str, cfg: PruneConfig):
+def _activation_importance(model, source_dir: Path, shape: _Shape, cfg: PruneConfig):
     """Per layer: FFN channel scores, KV group scores; and ShortGPT block influence per layer."""
     import torch
 
@@ -375,7 +381,7 @@ def _sliced_state(model, shape: _Shape, arch: str, kept_layers: list[int], kept_
         kv_rows = torch.tensor([g * hd + d for g in groups for d in range(hd)])
         q_rows = torch.tensor([(g * r + h) * hd + d for g in groups for h in range(r) for d in range(hd)])
         nq, nk = shape.heads * hd, shape.kv_heads * hd
-        if rest.startswith(("self_attn.q_proj.",)):
+        if rest.startswith("self_attn.q_proj."):
             t = t[q_rows]
         elif rest.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
             t = t[kv_rows]
@@ -403,8 +409,7 @@ def _new_config(c, shape: _Shape, n_layers: int, ffn: int, groups: int, kept_lay
     new.intermediate_size = ffn
     new.num_attention_heads = groups * shape.group
     new.num_key_value_heads = groups
-    if new.num_attention_heads * shape.head_dim != shape.hidden or getattr(c, "head_dim", None):
-        new.head_dim = shape.head_dim  # hidden/heads no longer gives it
+    new.head_dim = shape.head_dim  # explicit: hidden/heads no longer gives it once heads are removed
     layer_types = getattr(c, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) == shape.layers:
         new.layer_types = [layer_types[i] for i in kept_layers]
@@ -438,9 +443,13 @@ def _write(source_dir: Path, output_dir: Path, new_cfg, state: dict[str, Any], r
         for f in source_dir.iterdir():  # tokenizer, chat template and other side files
             if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.name not in _REPLACED:
                 shutil.copy2(f, tmp / f.name)
-        model.save_pretrained(tmp)
+        with _quiet_transformers():  # no shard-writing bar: the summary line is the output
+            model.save_pretrained(tmp)
         params = sum(p.numel() for p in model.parameters())
-        (tmp / "edgekit_prune.json").write_text(json.dumps({**report.to_dict(), "params_after": params}, indent=1))
+        # What was kept, for the record (and for recipes later): one key per line, index lists on one line each.
+        d = {k: v for k, v in report.to_dict().items() if k != "seconds"} | {"params_after": params}
+        (tmp / "edgekit_prune.json").write_text(
+            "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items()) + "\n}\n")
         if output_dir.exists():
             output_dir.rmdir()  # checked empty before the work started
         os.replace(tmp, output_dir)

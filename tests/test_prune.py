@@ -53,6 +53,8 @@ def test_pruned_model_loads_and_matches_llamacpp(arch, tiny_models, tmp_path):
     assert c["num_hidden_layers"] == 2 - layers == len(r.kept_layers)
     assert r.params_after < r.params_before and r.ffn == (512, 256)
     assert (tmp_path / "p" / "tokenizer.json").is_file()
+    record = json.loads((tmp_path / "p" / "edgekit_prune.json").read_text())
+    assert record["params_after"] == r.params_after and record["kept_ffn"]["0"] == r.kept_ffn[r.kept_layers[0]]
     m = _load(tmp_path / "p")
     hd = 128 if arch == "qwen3" else 64  # head_dim never changes
     assert m.model.layers[0].mlp.down_proj.weight.shape == (256, 256)
@@ -219,3 +221,24 @@ def test_cli(tiny_models, tmp_path, capsys):
     assert "ffn 512->256, heads 4->2 (kv 2->1), layers 2->1" in capsys.readouterr().out
     c = json.loads((out2 / "config.json").read_text())
     assert (c["intermediate_size"], c["num_attention_heads"], c["num_hidden_layers"], c["head_dim"]) == (256, 2, 1, 64)
+
+
+def test_bf16_source_stays_bf16(tmp_path):
+    from safetensors import safe_open
+
+    from edgekit.converters.prune import prune
+    from edgekit.synth.models import build_tiny_model
+
+    src = build_tiny_model(tmp_path / "src", "qwen3", dtype="bfloat16")
+    prune(src, tmp_path / "p", _cfg(ffn=0.5, importance="weight"))
+    with safe_open(str(tmp_path / "p" / "model.safetensors"), framework="pt") as f:
+        down = f.get_slice("model.layers.0.mlp.down_proj.weight")
+        assert (down.get_dtype(), down.get_shape()) == ("BF16", [256, 256])
+
+
+@pytest.mark.parametrize("n, frac, keep", [(512, 0.0, 512), (512, 0.5, 256), (512, 0.3, 352), (500, 0.5, 256),
+                                           (512, 0.99, 32), (48, 0.5, 24), (40, 0.99, 1), (96, 0.25, 64)])
+def test_ffn_width_rounding(n, frac, keep):
+    from edgekit.converters.prune import _keep_ffn
+
+    assert _keep_ffn(n, frac) == keep
