@@ -137,8 +137,7 @@ def prune(source_dir: str | Path, output_dir: str | Path, cfg: PruneConfig) -> P
     cfg.check()
     arch = _check_source(source_dir)
     _check_output_dir(output_dir)
-    model = _load(source_dir)
-    shape = _shape(model.config)
+    shape = _shape(_load_config(source_dir))  # every count is checked before the weights are loaded
 
     keep_ffn = _keep_ffn(shape.ffn, cfg.ffn)
     keep_groups = max(1, _nearest(shape.kv_heads * (1 - cfg.heads)))  # at least one KV group remains
@@ -147,6 +146,7 @@ def prune(source_dir: str | Path, output_dir: str | Path, cfg: PruneConfig) -> P
                            "(its graph there needs heads x head_dim = hidden size); prune --ffn/--layers only")
     if cfg.layers >= shape.layers:
         raise EdgekitError(f"--layers {cfg.layers}: the model has only {shape.layers} layers (at least one must stay)")
+    model = _load(source_dir)
 
     need_width = keep_ffn < shape.ffn or keep_groups < shape.kv_heads
     if cfg.importance == "activation" and cfg.wants_pruning:
@@ -227,6 +227,16 @@ def _check_output_dir(out: Path) -> None:
         raise EdgekitError(f"{out}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise EdgekitError(f"{out}: directory {parent} is not writable")
+
+
+def _load_config(source_dir: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source_dir)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EdgekitError(f"{source_dir}: transformers cannot read config.json ({first})") from None
 
 
 def _load(source_dir: Path):
