@@ -242,3 +242,19 @@ def test_ffn_width_rounding(n, frac, keep):
     from edgekit.converters.prune import _keep_ffn
 
     assert _keep_ffn(n, frac) == keep
+
+
+def test_pruned_model_exports_to_pte(tiny_models, tmp_path):
+    """The .pte exporter takes a pruned model too (heads, FFN and a layer gone; Qwen3's head_dim kept)."""
+    from edgekit.converters.executorch_export import PteConfig, export_pte
+    from edgekit.converters.prune import prune
+    from edgekit.runtime_et import EtModel
+
+    prune(tiny_models["qwen3"], tmp_path / "p", _cfg(ffn=0.5, heads=0.5, layers=1, importance="weight"))
+    out = tmp_path / "pte" / "p.pte"
+    out.parent.mkdir()
+    export_pte(PteConfig(source=tmp_path / "p", output=out, quant="fp32", max_seq_len=80, max_prefill=16))
+    tokens = prompt_tokens(tmp_path / "p")
+    ref = _logits(_load(tmp_path / "p"), tokens)[-1]
+    got = EtModel(out).prefill(tokens)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5
