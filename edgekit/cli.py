@@ -116,6 +116,19 @@ def _imatrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(args: argparse.Namespace) -> int:
+    from edgekit.converters.prune import PruneConfig, prune
+
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = PruneConfig(ffn=args.ffn, heads=args.heads, layers=args.layers, importance=args.importance,
+                      data=list(args.data or []), max_tokens=args.max_tokens, seed=args.seed)
+    print(prune(args.source, args.output, cfg).summary())
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from edgekit.evaluate import evaluate
 
@@ -308,6 +321,30 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_imatrix)
+
+    pr = sub.add_parser(
+        "prune", help="structured pruning: fewer FFN channels, attention heads (whole KV groups) and layers",
+        description="Write a smaller dense Hugging Face model of the same architecture (the same counts in every "
+                    "layer), ready for `edgekit convert`. Channels and heads are ranked by their activations on "
+                    "calibration text (Minitron), layers by how little they change the hidden state (ShortGPT); "
+                    "--importance weight ranks by weight norms and needs no data.",
+        epilog="examples:\n  edgekit prune ./my-llama -o my-llama-pruned --ffn 0.5 --heads 0.25 --layers 1 "
+               "--data calib/\n  edgekit prune ./my-llama -o my-llama-ffn50 --ffn 0.5 --importance weight",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("source", type=Path, help="HF model directory (config.json, *.safetensors, tokenizer)")
+    pr.add_argument("-o", "--output", type=Path, required=True, help="output directory (new, or empty)")
+    pr.add_argument("--ffn", type=float, default=0.0, help="fraction of FFN channels to remove, in [0, 1)")
+    pr.add_argument("--heads", type=float, default=0.0,
+                    help="fraction of attention heads to remove, in [0, 1); whole KV groups go together")
+    pr.add_argument("--layers", type=int, default=0, help="whole decoder layers to drop")
+    pr.add_argument("--data", type=Path, action="append", metavar="FILE|DIR",
+                    help="calibration text (.txt/.py files; repeatable); needed by --importance activation")
+    pr.add_argument("--importance", choices=["activation", "weight"], default="activation",
+                    help="rank by activations on --data (default) or by weight norms (no data)")
+    pr.add_argument("--max-tokens", type=int, default=8192, help="calibration tokens at most (default: 8192)")
+    pr.add_argument("--seed", type=int, default=0, help="order in which calibration files are sampled")
+    pr.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    pr.set_defaults(func=_prune)
 
     from edgekit import doctor
 
