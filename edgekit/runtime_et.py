@@ -1,4 +1,4 @@
-"""Run an edgekit .pte in the ExecuTorch runtime from Python: prefill, decode, sampling, logits.
+"""Run an edgekit .pte in the ExecuTorch runtime from Python: the program's forward, chunked prefill, logits.
 
 This is the program-level layer; `edgekit.load("m.pte")` (edgekit.runtime.pte) adds the tokenizer, chat
 template, shared sampler and KV prefix reuse on top of it.
@@ -11,7 +11,7 @@ are masked, so starting again at 0 needs no cache reset.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from edgekit.errors import EdgekitError
 
 
 class EtModel:
-    """A loaded .pte: `generate`, `stream` and `logits`, with the program's own metadata."""
+    """A loaded .pte: `forward`, `prefill` and `logits`, with the program's own metadata. Generation
+    (sampling, stop tokens, text) is edgekit.runtime's, shared with the GGUF backend."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -87,29 +88,6 @@ class EtModel:
         first call is a one-token prefill, the rest are ordinary decode steps."""
         return np.stack([self.forward([t], i) for i, t in enumerate(tokens)])
 
-    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int | None = None, stop_ids: Sequence[int] | None = None) -> Iterator[int]:
-        """Yield generated tokens one by one (greedy when temperature is 0); stops after an eos token."""
-        stops = self.eos_ids if stop_ids is None else set(stop_ids)
-        rng = np.random.default_rng(seed)
-        if len(prompt_ids) >= self.max_seq_len:
-            raise EdgekitError(f"a prompt of {len(prompt_ids)} tokens leaves no room in the program's context "
-                               f"({self.max_seq_len}; export with a larger --max-seq-len)")
-        budget = min(max_new_tokens, self.max_seq_len - len(prompt_ids))  # the last token is never fed back
-        if budget <= 0:
-            return
-        logits = self.prefill(list(prompt_ids))
-        for i in range(budget):
-            token = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
-            yield token
-            if token in stops or i == budget - 1:
-                return
-            logits = self.forward([token], self.pos)
-
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **kwargs: Any) -> list[int]:
-        """The generated tokens (without the prompt); keyword arguments as for `stream`."""
-        return list(self.stream(prompt_ids, max_new_tokens, **kwargs))
-
 
 def _register_kernels() -> None:
     """Kernels edgekit programs may call besides the portable ones and XNNPACK: the quantized embeddings
@@ -119,15 +97,3 @@ def _register_kernels() -> None:
     quiet_torch_logs()
     import executorch.kernels.quantized  # noqa: F401
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
-
-
-def sample(logits: np.ndarray, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-           rng: np.random.Generator | None = None) -> int:
-    """Greedy (temperature 0) or temperature / top-k / top-p (nucleus) sampling from one logits row, with the
-    masks of edgekit's shared sampler (edgekit.runtime.sampling, which chat and generate use)."""
-    from edgekit.runtime.sampling import SamplingParams, probabilities
-
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    p = probabilities(logits, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=0.0))
-    return int((rng or np.random.default_rng()).choice(p.size, p=p))
