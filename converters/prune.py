@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -270,17 +269,9 @@ def _activation_importance(model, source_dir: Path, shape: _Shape, cfg: PruneCon
     """Per layer: FFN channel scores, KV group scores; and ShortGPT block influence per layer."""
     import torch
 
-    from edgekit.evaluate import load_hf_tokenizer, read_data, token_stream
+    from edgekit.evaluate import text_windows
 
-    data = read_data(cfg.data)
-    texts = list(data.texts)
-    random.Random(cfg.seed).shuffle(texts)
-    tok = load_hf_tokenizer(source_dir)
-    ids = token_stream(tok, texts, limit=cfg.max_tokens)[: cfg.max_tokens]
-    per = cfg.ctx - len(tok.prefix)
-    if not ids or per < 1:
-        raise EdgekitError("calibration text has no tokens" if not ids else f"ctx {cfg.ctx} is too short")
-    windows = [tok.prefix + ids[i:i + per] for i in range(0, len(ids), per)]
+    windows = text_windows(source_dir, cfg.data, cfg.ctx, max(1, cfg.max_tokens // cfg.ctx), seed=cfg.seed)
 
     n = shape.layers
     ffn_sum = [torch.zeros(shape.ffn, dtype=torch.float64) for _ in range(n)]

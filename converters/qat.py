@@ -178,17 +178,14 @@ def _windows(tokenizer_dir: Path, cfg: QatConfig) -> tuple[list[list[int]], list
     """(training windows, held-out windows): consecutive seq_len-token windows of the calibration stream,
     each starting with the tokenizer's own prefix (BOS). The first heldout_windows are held out (the same
     ones whatever the number of steps); only as much text is tokenized as the steps can use."""
-    from edgekit.evaluate import load_hf_tokenizer, read_data, token_stream
+    from edgekit.evaluate import text_windows
 
-    tok = load_hf_tokenizer(Path(tokenizer_dir))
-    body = cfg.seq_len - len(tok.prefix)
     wanted = cfg.heldout_windows + cfg.steps * cfg.batch_size
-    stream = token_stream(tok, read_data(cfg.data).texts, limit=wanted * body)
-    windows = [tok.prefix + stream[i:i + body] for i in range(0, len(stream) - body + 1, body)][:wanted]
+    windows = text_windows(Path(tokenizer_dir), cfg.data, cfg.seq_len, wanted)
     need = cfg.heldout_windows + 1
     if len(windows) < need:
         files = ", ".join(map(str, cfg.data))
-        raise EdgekitError(f"{files}: too little calibration text for QAT: {len(stream):,} tokens make "
-                           f"{len(windows)} windows of {cfg.seq_len}; need at least {need} "
+        raise EdgekitError(f"{files}: too little calibration text for QAT: it makes {len(windows)} windows of "
+                           f"{cfg.seq_len} tokens; need at least {need} "
                            f"({cfg.heldout_windows} held out + 1 to train on)")
     return windows[cfg.heldout_windows:], windows[:cfg.heldout_windows]

@@ -333,6 +333,27 @@ def token_stream(tok: Tokenizer, texts: Sequence[str], limit: int | None = None)
     return ids
 
 
+def text_windows(tokenizer_dir: Path, data: Sequence[str | Path], ctx: int, max_windows: int,
+                 seed: int | None = None) -> list[list[int]]:
+    """Training/calibration windows: the data's token stream (documents shuffled by `seed`, if given) cut into
+    consecutive windows of ctx tokens, each starting with the tokenizer's own prefix (BOS). At most max_windows,
+    tokenizing only as much text as they need; whole windows only, unless the text is shorter than one."""
+    import random
+
+    tok = load_hf_tokenizer(Path(tokenizer_dir))
+    body = ctx - len(tok.prefix)
+    if body < 1:
+        raise EdgekitError(f"{tokenizer_dir}: {ctx} tokens per window leave no room after the tokenizer's prefix")
+    texts = list(read_data(data).texts)
+    if seed is not None:
+        random.Random(seed).shuffle(texts)
+    stream = token_stream(tok, texts, limit=max_windows * body)
+    if not stream:
+        raise EdgekitError(f"{', '.join(map(str, data))}: the text has no tokens")
+    starts = range(0, max(len(stream) - body, 0) + 1, body)
+    return [tok.prefix + stream[i:i + body] for i in starts][:max_windows]
+
+
 @dataclass(frozen=True)
 class Window:
     start: int       # first stream token in the window (after the prefix)
