@@ -93,7 +93,7 @@ def quantization_aware_finetune(model: Any, plan: LinearPlan, tokenizer_dir: Pat
     apply("prepare")
     model.eval()  # no dropout; gradients still flow
     ppl_before, kl_before = heldout_stats(model, teacher, heldout)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

@@ -20,7 +20,6 @@ from edgekit._native import lib
 NATIVE_TYPES: frozenset[GGMLQuantizationType] = frozenset(
     {GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K}
 )
-_BLOCK_SIZE = {GGMLQuantizationType.Q8_0: 32, GGMLQuantizationType.Q4_K: 256, GGMLQuantizationType.Q6_K: 256}
 
 _F32_P = ctypes.POINTER(ctypes.c_float)
 
@@ -64,11 +63,9 @@ def _check_type(qtype: GGMLQuantizationType | int) -> GGMLQuantizationType:
 
 def row_size(qtype: GGMLQuantizationType | int, n: int) -> int:
     """Bytes that one row of n values takes in qtype. ValueError if n is not a whole number of blocks."""
-    qt = _check_type(qtype)
-    size = int(_c().ek_row_size(int(qt), int(n)))
-    if size == 0:
-        raise ValueError(f"{qt.name} needs rows that are a positive multiple of {_BLOCK_SIZE[qt]} values, got {n}")
-    return size
+    from edgekit.kernels import row_size as native_row_size
+
+    return native_row_size(int(_check_type(qtype)), n)
 
 
 def quantize(
