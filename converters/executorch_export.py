@@ -72,6 +72,7 @@ class PteConfig:
     custom_ops: bool = True           # ExecuTorch's LLM ops for the KV cache and attention (see below)
     name: str | None = None           # model name in the manifest; default: the source's name
     qat: QatConfig | None = None      # quantization-aware fine-tune before converting (8da4w only)
+    recipe: dict[str, Any] | None = None  # the recipe that made the model: stored in the manifest
     log: Callable[[str], None] | None = None   # stage messages (the CLI prints them to stderr)
     progress: bool = True             # progress bar for long steps (QAT)
 
@@ -223,6 +224,7 @@ def _manifest(cfg: PteConfig, src: Path, architecture: str, hp: archs.HParams, s
         "bos_id": ids["bos_id"], "eos_ids": ids["eos_ids"], "add_bos": ids["add_bos"],
         "chat_template": tok.chat_template,
         "tokenizer": {"file": "tokenizer.json", "config": "tokenizer_config.json", "sha256": tok.sha256},
+        "recipe": cfg.recipe,
         "created_by": _versions(),
     }
 

@@ -8,6 +8,7 @@ Output goes to a temporary file in the target directory and is renamed only on s
 from __future__ import annotations
 
 import errno
+import json
 import mmap
 import os
 import time
@@ -29,6 +30,8 @@ from edgekit.errors import EdgekitError
 from edgekit.outfile import check_output_path
 from edgekit.progress import bar, human_bytes, peak_rss_bytes
 
+RECIPE_KEY = "edgekit.recipe"  # the recipe (prune/distill/export steps) that made the model, as JSON
+
 
 @dataclass
 class ConvertConfig:
@@ -39,6 +42,7 @@ class ConvertConfig:
     threads: int = 0                  # quantizer threads; 0 = all cores
     progress: bool = True
     name: str | None = None           # general.name; default: the source's name
+    recipe: dict[str, Any] | None = None  # the recipe that made the model: stored as JSON in edgekit.recipe
 
 
 @dataclass
@@ -115,6 +119,8 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         plan.add_metadata(writer)
         writer.add_file_type(int(scheme.file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        if cfg.recipe is not None:
+            writer.add_string(RECIPE_KEY, json.dumps(cfg.recipe, sort_keys=True))
         total = 0
         for t in plan.tensors:
             nbytes = tensor_nbytes(types[t.name], t.shape)

@@ -15,14 +15,14 @@ are reused, in the same shuffled order, when the steps need more than the text h
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.converters.training import heldout_stats, kl_divergence, lr_schedule, train_heldout_windows
 from edgekit.errors import EdgekitError
 
 
@@ -77,7 +77,8 @@ def quantization_aware_finetune(model: Any, plan: LinearPlan, tokenizer_dir: Pat
 
     log = log or (lambda _msg: None)
     check_config(cfg)
-    train, heldout = _windows(tokenizer_dir, cfg)
+    train, heldout = train_heldout_windows(tokenizer_dir, cfg.data, cfg.seq_len, cfg.heldout_windows,
+                                           cfg.steps * cfg.batch_size, "QAT")
     t0 = time.perf_counter()
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
@@ -97,7 +98,7 @@ def quantization_aware_finetune(model: Any, plan: LinearPlan, tokenizer_dir: Pat
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.steps, warmup=0.1))
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(train), generator=gen).tolist()
     losses: list[float] = []
@@ -129,37 +130,6 @@ def quantization_aware_finetune(model: Any, plan: LinearPlan, tokenizer_dir: Pat
                      kl_after=kl_after, losses=losses)
 
 
-def kl_divergence(target_logp: Any, logp: Any) -> Any:
-    """Mean over positions of KL(target || model) = sum_v p_t (log p_t - log p_m), from log-probabilities."""
-    return (target_logp.exp() * (target_logp - logp)).sum(-1).mean()
-
-
-def heldout_stats(model: Any, teacher: Any, windows: Sequence[Sequence[int]]) -> tuple[float, float]:
-    """(perplexity of model, mean KL(teacher || model)) over every position of every window after its first."""
-    import torch
-
-    nll, kl, n = 0.0, 0.0, 0
-    with torch.no_grad():
-        for w in windows:
-            ids = torch.tensor([list(w)])
-            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
-            target = logp if teacher is model else torch.log_softmax(teacher(ids).logits[0, :-1].float(), dim=-1)
-            nll -= float(logp.gather(1, ids[0, 1:, None]).sum())
-            kl += float(kl_divergence(target, logp)) * logp.shape[0]
-            n += logp.shape[0]
-    return math.exp(nll / n), kl / n
-
-
-def _warmup_cosine(steps: int) -> Callable[[int], float]:
-    warm = max(1, steps // 10)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-    return factor
-
-
 def check_config(cfg: QatConfig) -> None:
     """Bad options and missing data are reported before any model is loaded."""
     for path in cfg.data:
@@ -172,20 +142,3 @@ def check_config(cfg: QatConfig) -> None:
         raise EdgekitError(f"QAT sequence length must be at least 8 tokens, got {cfg.seq_len}")
     if not cfg.lr > 0:
         raise EdgekitError(f"QAT learning rate must be positive, got {cfg.lr}")
-
-
-def _windows(tokenizer_dir: Path, cfg: QatConfig) -> tuple[list[list[int]], list[list[int]]]:
-    """(training windows, held-out windows): consecutive seq_len-token windows of the calibration stream,
-    each starting with the tokenizer's own prefix (BOS). The first heldout_windows are held out (the same
-    ones whatever the number of steps); only as much text is tokenized as the steps can use."""
-    from edgekit.evaluate import text_windows
-
-    wanted = cfg.heldout_windows + cfg.steps * cfg.batch_size
-    windows = text_windows(Path(tokenizer_dir), cfg.data, cfg.seq_len, wanted)
-    need = cfg.heldout_windows + 1
-    if len(windows) < need:
-        files = ", ".join(map(str, cfg.data))
-        raise EdgekitError(f"{files}: too little calibration text for QAT: it makes {len(windows)} windows of "
-                           f"{cfg.seq_len} tokens; need at least {need} "
-                           f"({cfg.heldout_windows} held out + 1 to train on)")
-    return windows[cfg.heldout_windows:], windows[:cfg.heldout_windows]

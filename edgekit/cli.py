@@ -15,6 +15,15 @@ def _convert(args: argparse.Namespace) -> int:
     from edgekit.converters.gguf_export import ConvertConfig, convert
     from edgekit.converters.mix import SCHEMES
 
+    if args.recipe or args.prune or args.sparsify or args.distill is not None:
+        return _convert_recipe(args)
+    stray = [f for f, v in (("--data", args.data), ("--steps", args.steps), ("--student", args.student),
+                            ("--work-dir", args.work_dir), ("--resume", args.resume),
+                            ("--save-recipe", args.save_recipe)) if v]
+    if stray:
+        raise EdgekitError(f"{', '.join(stray)}: only with --prune, --sparsify, --distill or --recipe")
+    if args.output is None:
+        raise EdgekitError("give the output file: -o FILE.gguf or -o FILE.pte")
     if (args.source is None) == (not args.demo):
         raise EdgekitError("give a model to convert, or --demo for the built-in demo model (not both)")
     if args.demo:
@@ -40,6 +49,79 @@ def _convert(args: argparse.Namespace) -> int:
     print(result.summary())
     _maybe_report(args, result)
     return 0
+
+
+def _convert_recipe(args: argparse.Namespace) -> int:
+    """prune / sparsify / distill, then quantize: from --recipe, or from the flags (the same Recipe)."""
+    from edgekit.converters import distributed as dist
+    from edgekit.converters import recipe as rc
+
+    flags = {"--prune": args.prune, "--sparsify": args.sparsify, "--distill": args.distill is not None,
+             "--steps": args.steps, "--student": args.student, "--data": args.data}
+    if args.recipe:
+        used = [f for f, v in flags.items() if v]
+        if used:
+            raise EdgekitError(f"{', '.join(used)}: give the steps either in --recipe or as flags, not both")
+        recipe = rc.load(args.recipe)
+        if args.demo or args.source:
+            recipe.source = "demo" if args.demo else str(args.source)
+        if args.output:
+            recipe.output = str(args.output)
+        if args.eval_data:
+            recipe.eval_data = [str(p) for p in args.eval_data]
+    else:
+        recipe = _recipe_from_flags(args)
+    if args.work_dir:
+        recipe.work_dir = str(args.work_dir)
+    if args.save_recipe:
+        rc.write(recipe, args.save_recipe)
+    log = None if args.quiet else (lambda msg: print(f"edgekit: {msg}", file=sys.stderr))
+    result = rc.run(recipe, resume=args.resume, threads=args.threads, log=log, progress=not args.quiet)
+    if not dist.is_main():
+        return 0
+    if result.student_dir is not None and result.student_dir != result.output:
+        print(f"HF student: {result.student_dir}")
+    if result.export is not None and (recipe.eval_data or recipe.source == "demo"):
+        from edgekit.converters.recipe import _data, _source
+
+        data = _data(recipe.eval_data or ["demo:heldout"], "eval_data")
+        windows = args.eval_windows or (200 if result.output.suffix == ".gguf" else 24)
+        print("against the teacher: " + _compression_report(_source(recipe), result.export, data, windows,
+                                                            quiet=args.quiet))
+    return 0
+
+
+def _recipe_from_flags(args: argparse.Namespace):
+    from edgekit.converters.recipe import Recipe, parse_options
+
+    if (args.source is None) == (not args.demo):
+        raise EdgekitError("give a model to convert, or --demo for the built-in demo model (not both)")
+    if args.output is None:
+        raise EdgekitError("give the output: -o FILE.gguf, -o FILE.pte or -o DIR (the HF student only)")
+    if args.qat:
+        raise EdgekitError("--qat: not with --prune/--distill yet; distill to a directory, then convert it with --qat")
+    steps: list[tuple[str, dict]] = []
+    if args.prune:
+        steps.append(("prune", parse_options(args.prune, "--prune")))
+    if args.sparsify:
+        steps.append(("sparsify", parse_options(args.sparsify, "--sparsify")))
+    if args.distill is not None:
+        opts = parse_options(args.distill, "--distill")
+        if args.steps:
+            opts["steps"] = args.steps
+        if args.student:
+            opts["student"] = (parse_options(args.student, "--student") if "=" in args.student
+                               else str(Path(args.student)))
+        steps.append(("distill", opts))
+    elif args.steps or args.student:
+        raise EdgekitError("--steps, --student: only with --distill")
+    if args.output.suffix in (".gguf", ".pte"):
+        export = {k: v for k, v in (("quant", args.quant), ("imatrix", args.imatrix and str(args.imatrix)),
+                                    ("group_size", args.group_size), ("embedding_quant", args.embedding_quant),
+                                    ("max_seq_len", args.max_seq_len), ("name", args.name)) if v is not None}
+        steps.append(("export", export))
+    return Recipe(source="demo" if args.demo else str(args.source), output=str(args.output), steps=steps,
+                  data=[str(p) for p in args.data or []], eval_data=[str(p) for p in args.eval_data or []])
 
 
 def _maybe_report(args: argparse.Namespace, result) -> None:
@@ -126,6 +208,37 @@ def _prune(args: argparse.Namespace) -> int:
     cfg = PruneConfig(ffn=args.ffn, heads=args.heads, layers=args.layers, importance=args.importance,
                       data=list(args.data or []), max_tokens=args.max_tokens, seed=args.seed)
     print(prune(args.source, args.output, cfg).summary())
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from edgekit.converters import distributed as dist
+    from edgekit.converters.distill import DistillConfig, distill
+    from edgekit.converters.recipe import parse_options
+
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    layer_map = None
+    if args.layer_map:
+        try:
+            layer_map = [(int(a), int(b)) for a, b in (p.split(":") for p in args.layer_map.split(","))]
+        except ValueError:
+            raise EdgekitError(f"--layer-map {args.layer_map!r}: expected pairs like 0:1,1:3,2:5") from None
+    d = DistillConfig(data=[])
+    cfg = DistillConfig(
+        data=list(args.data), eval_data=list(args.eval_data or []), steps=args.steps, seq_len=args.seq_len,
+        batch_size=args.batch_size, micro_batch=args.micro_batch, lr=args.lr, schedule=args.schedule,
+        warmup=args.warmup if args.warmup is not None else d.warmup, alpha=args.alpha, temperature=args.temperature,
+        beta=args.beta, gamma=args.gamma, layer_map=layer_map, teacher_dtype=args.teacher_dtype,
+        heldout_windows=args.heldout_windows, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    student = parse_options(args.student, "--student") if "=" in args.student else Path(args.student)
+    log = None if args.quiet else (lambda msg: print(f"edgekit: {msg}", file=sys.stderr))
+    report = distill(args.teacher, args.output, cfg, student=student, checkpoint_dir=args.checkpoint_dir,
+                     resume=args.resume, log=log, progress=not args.quiet)
+    if dist.is_main():
+        print(report.summary())
     return 0
 
 
@@ -245,6 +358,65 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="GGUF: KV-cache type (default: f16, as llama.cpp; f32 for results equal to transformers')")
 
 
+def _add_distill_parser(sub) -> None:
+    from edgekit.converters.distill import TEACHER_DTYPES, DistillConfig
+    from edgekit.converters.training import SCHEDULES
+
+    d = DistillConfig(data=[])
+    ds = sub.add_parser(
+        "distill", help="knowledge distillation: train a smaller student to imitate a teacher",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a student (a pruned teacher, or a fresh model from config overrides) on\n"
+                    "(1-alpha) x CE(next token) + alpha x T^2 x KL(teacher_T || student_T), plus optional\n"
+                    "hidden-state (--beta) and attention (--gamma) transfer. Writes an HF model directory.\n"
+                    "Runs under torchrun (DDP over gloo on CPU, NCCL on GPUs); --batch-size is the global batch.",
+        epilog="examples:\n  edgekit prune ./teacher -o pruned --ffn 0.5 --data corpus/ && \\\n"
+               "    edgekit distill ./teacher --student pruned -o student --data corpus/ --steps 2000\n"
+               "  edgekit distill ./teacher --student num_hidden_layers=4 -o student --data corpus/ --alpha 0.9\n"
+               "  torchrun --nproc_per_node 2 -m edgekit distill ./teacher --student pruned -o student --data corpus/ "
+               "--checkpoint-dir ckpt/\n"
+               "  edgekit distill ... --checkpoint-dir ckpt/ --resume      # continue an interrupted run")
+    ds.add_argument("teacher", type=Path, help="teacher: HF model directory")
+    ds.add_argument("-o", "--output", type=Path, required=True, help="student directory to write (new, or empty)")
+    ds.add_argument("--student", required=True, metavar="DIR|OPTS",
+                    help="HF directory to start from, or config overrides of the teacher's for a fresh student "
+                         "(e.g. num_hidden_layers=4,intermediate_size=1024)")
+    ds.add_argument("--data", type=Path, action="append", required=True, metavar="FILE|DIR",
+                    help="training text (.txt/.py files; repeatable), tokenized with the teacher's tokenizer")
+    ds.add_argument("--eval-data", type=Path, action="append", metavar="FILE|DIR",
+                    help="held-out text for the perplexities (default: the first windows of --data, never trained on)")
+    ds.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default: {d.steps})")
+    ds.add_argument("--batch-size", type=int, default=d.batch_size,
+                    help=f"sequences per step over all processes (default: {d.batch_size})")
+    ds.add_argument("--micro-batch", type=int, default=0,
+                    help="sequences per forward pass and process; smaller means gradient accumulation "
+                         "(default: the whole share)")
+    ds.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default: {d.seq_len})")
+    ds.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
+    ds.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="LR decay after warmup")
+    ds.add_argument("--warmup", type=float, help=f"fraction of steps warming up (default: {d.warmup})")
+    ds.add_argument("--alpha", type=float, default=d.alpha,
+                    help=f"weight of the teacher's soft targets; 0 = hard labels only (default: {d.alpha})")
+    ds.add_argument("--temperature", type=float, default=d.temperature,
+                    help=f"softmax temperature (default: {d.temperature})")
+    ds.add_argument("--beta", type=float, default=d.beta, help="weight of the hidden-state loss (default: 0)")
+    ds.add_argument("--gamma", type=float, default=d.gamma, help="weight of the attention-transfer loss (default: 0)")
+    ds.add_argument("--layer-map", metavar="S:T,...",
+                    help="student:teacher layer pairs for --beta/--gamma (default: same relative depth)")
+    ds.add_argument("--teacher-dtype", choices=TEACHER_DTYPES, default=d.teacher_dtype,
+                    help="run the frozen teacher in lower precision to save memory")
+    ds.add_argument("--heldout-windows", type=int, default=d.heldout_windows,
+                    help=f"held-out windows for the perplexities (default: {d.heldout_windows})")
+    ds.add_argument("--checkpoint-dir", type=Path, metavar="DIR", help="write checkpoints here (rank 0)")
+    ds.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                    help=f"steps between checkpoints (default: {d.checkpoint_every})")
+    ds.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    ds.add_argument("--seed", type=int, default=d.seed, help="batch order and fresh-student initialisation")
+    ds.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    ds.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
+    ds.set_defaults(func=_distill)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgekit.converters.executorch_export import EMBEDDING_QUANTS, GROUP_SIZES, QUANTS
     from edgekit.converters.mix import SCHEMES
@@ -270,12 +442,18 @@ def build_parser() -> argparse.ArgumentParser:
                "  edgekit convert --demo -o demo.gguf --quant q4_k_m\n"
                "  edgekit convert ./SmolLM2-360M-Instruct -o smol.pte --quant 8da4w --group-size 32\n"
                "  edgekit convert ./my-llama -o my-llama.pte --quant 8da4w --embedding-quant 4w --max-seq-len 2048\n"
-               "  edgekit convert ./my-llama -o qat/model.pte --quant 8da4w --qat --qat-data calib/ --qat-steps 200")
+               "  edgekit convert ./my-llama -o qat/model.pte --quant 8da4w --qat --qat-data calib/ --qat-steps 200\n"
+               "  edgekit convert ./teacher -o student-q4km.gguf --prune ffn=0.5,heads=0.25 --distill --data corpus/ "
+               "--steps 2000\n"
+               "  edgekit convert --demo -o half.gguf --distill alpha=0.9 --student num_hidden_layers=3 --steps 300\n"
+               "  edgekit convert --recipe recipes/demo-prune-distill.yaml\n"
+               "  torchrun --nproc_per_node 8 -m edgekit convert --recipe big.yaml")
     c.add_argument("source", type=Path, nargs="?",
                    help="HF model directory (config.json, *.safetensors, tokenizer) or .gguf")
     c.add_argument("--demo", action="store_true",
                    help="convert the built-in demo model (a small Llama trained on Python's standard library)")
-    c.add_argument("-o", "--output", type=Path, required=True, help="output file: .gguf or .pte")
+    c.add_argument("-o", "--output", type=Path,
+                   help="output file: .gguf or .pte (with --prune/--distill also a directory: the HF student only)")
     c.add_argument("--quant", choices=[*SCHEMES, *QUANTS], metavar="SCHEME",
                    help="quantization scheme (default: q4_k_m for .gguf, 8da4w for .pte; see the lists above)")
     c.add_argument("--group-size", type=int, choices=GROUP_SIZES, metavar="N",
@@ -301,7 +479,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration text for --qat (.txt/.py files; --demo uses its training split)")
     c.add_argument("--qat-steps", type=int, metavar="N", help="QAT optimizer steps of 4 x 256 tokens (default: 100)")
     c.add_argument("--qat-lr", type=float, metavar="LR", help="QAT peak learning rate (default: 1e-4)")
-    c.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
+    g = c.add_argument_group(
+        "make the model smaller first (prune -> sparsify -> distill -> quantize; see `edgekit prune`, "
+        "`edgekit sparsify`, `edgekit distill` for every option)")
+    g.add_argument("--recipe", type=Path, metavar="FILE",
+                   help="run the steps of a YAML/JSON recipe (source and -o, if given, override the recipe's)")
+    g.add_argument("--prune", metavar="OPTS", help="structured pruning, e.g. ffn=0.5,heads=0.25,layers=1")
+    g.add_argument("--sparsify", metavar="OPTS", help="unstructured pruning, e.g. method=wanda,sparsity=0.5 or "
+                                                      "method=magnitude,pattern=2:4")
+    g.add_argument("--distill", nargs="?", const="", metavar="OPTS",
+                   help="distill the pruned model (or --student) from the source, optionally with options, "
+                        "e.g. alpha=0.5,temperature=2,lr=1e-3,batch_size=8")
+    g.add_argument("--student", metavar="DIR|OPTS",
+                   help="distill into this HF model directory, or a fresh model with these config overrides "
+                        "(e.g. num_hidden_layers=4,intermediate_size=1024); default: the pruned model")
+    g.add_argument("--data", type=Path, action="append", metavar="FILE|DIR",
+                   help="text for pruning and distillation (repeatable; --demo uses its training split)")
+    g.add_argument("--steps", type=int, metavar="N", help="distillation optimizer steps (default: 1000)")
+    g.add_argument("--work-dir", type=Path, metavar="DIR",
+                   help="intermediate models and checkpoints (default: OUTPUT.work next to the output)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its work directory")
+    g.add_argument("--save-recipe", type=Path, metavar="FILE", help="also write the plan as a recipe file")
+    c.add_argument("--threads", type=int, default=0, help="quantizer/torch threads (default: all cores)")
     c.add_argument("--name", help="model name stored in the file (default: the source's name)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_convert)
@@ -345,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="order in which calibration files are sampled")
     pr.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     pr.set_defaults(func=_prune)
+
+    _add_distill_parser(sub)
 
     from edgekit import doctor
 

@@ -38,7 +38,7 @@ def _qat(calib: Path, **kw) -> QatConfig:
 def test_kl_matches_hand_computation():
     import torch
 
-    from edgekit.converters.qat import kl_divergence
+    from edgekit.converters.training import kl_divergence
 
     rng = np.random.default_rng(0)
     t, s = rng.normal(size=(2, 3, 7)), rng.normal(size=(2, 3, 7))
@@ -100,7 +100,7 @@ def test_qat_bad_input(tiny_models, calib, tmp_path):
     from edgekit.converters.executorch_export import prepare_model
 
     src = tiny_models["llama"]
-    with pytest.raises(EdgekitError, match="too little calibration text"):
+    with pytest.raises(EdgekitError, match="too little text for QAT"):
         prepare_model(src, "8da4w", 32, qat=_qat(calib, seq_len=64, heldout_windows=100_000), progress=False)
     with pytest.raises(EdgekitError, match="--quant fp32 has none"):
         prepare_model(src, "fp32", qat=_qat(calib))
