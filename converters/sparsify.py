@@ -316,7 +316,7 @@ def _input_norms(model, linears: dict[str, torch.nn.Linear], windows: list[list[
 
 
 def _mask(name: str, score: torch.Tensor, cfg: SparsifyConfig, nm: tuple[int, int] | None) -> torch.Tensor:
-    """One tensor's mask, for the scopes (and patterns) that need no other tensor."""
+    """One tensor's mask, for the scopes (and patterns) that need no other tensor: ties keep the lower index."""
     rows, cols = score.shape
     if nm is not None:
         n, m = nm
@@ -325,7 +325,7 @@ def _mask(name: str, score: torch.Tensor, cfg: SparsifyConfig, nm: tuple[int, in
         return _keep_top(score.reshape(rows, cols // m, m), n).reshape(rows, cols)
     if cfg.scope == "row":
         return _keep_top(score, _nearest(cols * (1 - cfg.sparsity)))
-    return _drop_lowest([score], score.numel() - _nearest(score.numel() * (1 - cfg.sparsity)))[0]
+    return _keep_top(score.reshape(1, -1), _nearest(score.numel() * (1 - cfg.sparsity))).reshape(rows, cols)
 
 
 def _keep_top(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -339,8 +339,8 @@ def _keep_top(score: torch.Tensor, k: int) -> torch.Tensor:
 
 def _drop_lowest(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     """Masks dropping exactly the k lowest of the non-negative float32 scores of all tensors together (ties at the
-    threshold: the later ones go, in tensor then index order). No concatenation or sort of all the scores: the
-    threshold is found by bisecting int32 bit patterns, whose order is the order of non-negative floats."""
+    threshold: the later ones go, in tensor then index order). No concatenated copy or sort of all the scores (a
+    model's worth): the threshold is found by bisecting int32 bit patterns, whose order is that of the floats."""
     import torch
 
     if k <= 0:
