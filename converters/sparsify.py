@@ -103,7 +103,7 @@ class SparsifyConfig:
 
 
 def parse_pattern(pattern: str) -> tuple[int, int]:
-    """"N:M" -> (N, M), with 0 < N < M."""
+    """A pattern such as "2:4" as (N, M), with 0 < N < M."""
     found = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
     if not found or not 0 < int(found[1]) < int(found[2]):
         raise EdgekitError(f"--pattern {pattern!r}: want N:M with 0 < N < M "
@@ -172,9 +172,10 @@ def sparsify(source_dir: str | Path, output_dir: str | Path, cfg: SparsifyConfig
     model = _load(source_dir)
     masks = compute_masks(model, cfg, windows)
     apply_masks(model, masks)
+    pattern = None if cfg.n_m is None else "{}:{}".format(*cfg.n_m)  # as written in the record: "2:4"
     report = SparsifyReport(
-        source=source_dir, output=output_dir, arch=arch, method=cfg.method, pattern=cfg.pattern, scope=cfg.scope,
-        sparsity=cfg.target, stats=sparsity_stats(masks, cfg.pattern),
+        source=source_dir, output=output_dir, arch=arch, method=cfg.method, pattern=pattern, scope=cfg.scope,
+        sparsity=cfg.target, stats=sparsity_stats(masks, pattern),
         params=sum(p.numel() for p in model.parameters()), calibration_tokens=sum(map(len, windows or [])),
         seconds=0.0)
     with _atomic_dir(output_dir) as tmp:

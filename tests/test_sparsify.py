@@ -361,7 +361,7 @@ def test_cli(tiny_models, tmp_path, capsys):
     from edgekit.cli import main
 
     out = tmp_path / "s"
-    assert main(["sparsify", str(tiny_models["mistral"]), "-o", str(out), "--pattern", "2:4",
+    assert main(["sparsify", str(tiny_models["mistral"]), "-o", str(out), "--pattern", " 2 : 4",
                  "--data", str(CALIB[0]), "--max-tokens", "256"]) == 0
     said = capsys.readouterr().out
     assert said.count("\n") == 1 and "50.0 % of the" in said and "(wanda, 2:4 pattern)" in said
