@@ -257,6 +257,22 @@ def test_mask_gradients_zeroes_exactly_the_pruned_gradients(tiny_models):
         assert grads[n][~keep].abs().sum() > 0 or not (~keep).any(), n  # there was something to zero
 
 
+def test_masks_from_dir_reads_zeros_and_refuses_bad_records(tmp_path):
+    from edgekit.converters.sparsify import masks_from_dir
+
+    model = _toy([[1, 0, 0, 0]], [[1, 0, 2, 0], [0, 3, 0, 0]])
+    assert masks_from_dir(tmp_path, model) == {}
+    record = tmp_path / "edgekit_sparsity.json"
+    record.write_text(json.dumps({"masked": ["model.layers.0.weight"]}))
+    assert masks_from_dir(tmp_path, model)["model.layers.0.weight"].tolist() == [[True, False, True, False],
+                                                                                [False, True, False, False]]
+    for bad, msg in (("{", "not an edgekit sparsity record"), ('{"masked": 3}', "not an edgekit sparsity record"),
+                     ('{"masked": ["model.layers.7.weight"]}', "which the model does not have")):
+        record.write_text(bad)
+        with pytest.raises(EdgekitError, match=msg):
+            masks_from_dir(tmp_path, model)
+
+
 def test_masks_must_fit_the_model(tiny_models):
     import torch
 
