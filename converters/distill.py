@@ -30,12 +30,9 @@ seed and the step.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -571,34 +568,15 @@ def _load_checkpoint(path: Path, fingerprint, wrapper, opt, sched) -> tuple[int,
 # Output
 
 
-_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".pte"}
-_REPLACED = {"config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
-             "edgekit_distill.json"}
-
-
 def _write(model, teacher_dir: Path, student_dir: Path | None, output_dir: Path, cfg: DistillConfig,
            report: DistillReport) -> None:
-    """Save the student (float32, standard attention) with the tokenizer and the records of earlier steps."""
-    from edgekit.converters.imatrix import _quiet_transformers
+    """Save the student like its source (storage precision, tokenizer, records of earlier steps) plus a record."""
+    from edgekit.converters.prune import _atomic_dir, _save_like_source, _write_record
 
-    parent = output_dir.parent if str(output_dir.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=parent))
-    try:
-        model.config._attn_implementation = "sdpa"  # eager was only for reading attention weights in training
-        src = student_dir or teacher_dir  # tokenizer and side files; a pruned student's records (edgekit_*.json)
-        for f in src.iterdir():
-            if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.name not in _REPLACED and not (
-                    src == teacher_dir and f.name.startswith("edgekit_")):  # the teacher's history is not the student's
-                shutil.copy2(f, tmp / f.name)
-        with _quiet_transformers():
-            model.save_pretrained(tmp)
-        record = {"config": cfg.to_dict(), "teacher": str(teacher_dir), "student_init": str(student_dir or "config"),
-                  "report": {k: v for k, v in report.to_dict().items() if k != "losses"},
-                  "losses_every_10_steps": report.losses[::10]}
-        (tmp / "edgekit_distill.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        if output_dir.exists():
-            output_dir.rmdir()  # checked empty before the work started
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    model.config._attn_implementation = "sdpa"  # eager was only for reading attention weights in training
+    with _atomic_dir(output_dir) as tmp:
+        _save_like_source(model, student_dir or teacher_dir, tmp)
+        _write_record(tmp / "edgekit_distill.json", {
+            "config": cfg.to_dict(), "teacher": str(teacher_dir), "student_init": str(student_dir or "config"),
+            "report": {k: v for k, v in report.to_dict().items() if k != "losses"},
+            "losses_every_10_steps": report.losses[::10]})

@@ -22,12 +22,14 @@ Layers") and ShortGPT both find to be the most redundant.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -428,9 +430,7 @@ def _write(source_dir: Path, output_dir: Path, new_cfg, state: dict[str, Any], r
 
     from edgekit.converters.imatrix import _quiet_transformers
 
-    parent = output_dir.parent if str(output_dir.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=parent))
-    try:
+    with _atomic_dir(output_dir) as tmp:
         with _quiet_transformers():
             model = AutoModelForCausalLM.from_config(new_cfg, dtype=torch.float32)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -438,26 +438,47 @@ def _write(source_dir: Path, output_dir: Path, new_cfg, state: dict[str, Any], r
         if missing or unexpected:
             raise EdgekitError(f"pruned weights do not fit the pruned config (missing {missing[:3]}, "
                                f"unexpected {unexpected[:3]})")
-        dtype = _source_dtype(source_dir)
-        if dtype is not None:
-            model = model.to(dtype)  # keep the source's storage precision (bf16 stays bf16)
-        for f in source_dir.iterdir():  # tokenizer, chat template and other side files
-            if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.name not in _REPLACED:
-                shutil.copy2(f, tmp / f.name)
-        with _quiet_transformers():  # no shard-writing bar: the summary line is the output
-            model.save_pretrained(tmp)
+        _save_like_source(model, source_dir, tmp)
         params = sum(p.numel() for p in model.parameters())
-        # What was kept, for the record (and for recipes later): one key per line, index lists on one line each.
         d = {k: v for k, v in report.to_dict().items() if k != "seconds"} | {"params_after": params}
-        (tmp / "edgekit_prune.json").write_text(
-            "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items()) + "\n}\n")
+        _write_record(tmp / "edgekit_prune.json", d)
+    return params
+
+
+@contextlib.contextmanager
+def _atomic_dir(output_dir: Path) -> Iterator[Path]:
+    """A temp dir beside output_dir, renamed to it when the block succeeds and removed when it fails, so a
+    failure never leaves a half-written model. output_dir must have passed _check_output_dir."""
+    parent = output_dir.parent if str(output_dir.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=parent))
+    try:
+        yield tmp
         if output_dir.exists():
             output_dir.rmdir()  # checked empty before the work started
         os.replace(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return params
+
+
+def _save_like_source(model, source_dir: Path, out: Path) -> None:
+    """save_pretrained in the source's storage precision (bf16 stays bf16), with the source's side files
+    (tokenizer, chat template, earlier edgekit_*.json records) copied through."""
+    from edgekit.converters.imatrix import _quiet_transformers
+
+    dtype = _source_dtype(source_dir)
+    if dtype is not None:
+        model = model.to(dtype)
+    for f in source_dir.iterdir():
+        if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.name not in _REPLACED:
+            shutil.copy2(f, out / f.name)
+    with _quiet_transformers():  # no shard-writing bar: the summary line is the output
+        model.save_pretrained(out)
+
+
+def _write_record(path: Path, d: dict[str, Any]) -> None:
+    """What was done, for the record (and for recipes later): one key per line, each value on one line."""
+    path.write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items()) + "\n}\n")
 
 
 def _source_dtype(source_dir: Path):

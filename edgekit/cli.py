@@ -198,13 +198,17 @@ def _imatrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _torch_threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def _prune(args: argparse.Namespace) -> int:
     from edgekit.converters.prune import PruneConfig, prune
 
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _torch_threads(args.threads)
     cfg = PruneConfig(ffn=args.ffn, heads=args.heads, layers=args.layers, importance=args.importance,
                       data=list(args.data or []), max_tokens=args.max_tokens, seed=args.seed)
     print(prune(args.source, args.output, cfg).summary())
@@ -216,10 +220,7 @@ def _distill(args: argparse.Namespace) -> int:
     from edgekit.converters.distill import DistillConfig, distill
     from edgekit.converters.recipe import parse_options
 
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _torch_threads(args.threads)
     layer_map = None
     if args.layer_map:
         try:
@@ -239,6 +240,19 @@ def _distill(args: argparse.Namespace) -> int:
                      resume=args.resume, log=log, progress=not args.quiet)
     if dist.is_main():
         print(report.summary())
+    return 0
+
+
+def _sparsify(args: argparse.Namespace) -> int:
+    from edgekit.converters.sparsify import SparsifyConfig, sparsify
+
+    if args.sparsity is not None and args.pattern is not None:
+        raise EdgekitError("give --sparsity or --pattern, not both (a pattern N:M zeroes 1 - N/M of the weights)")
+    _torch_threads(args.threads)
+    cfg = SparsifyConfig(method=args.method, sparsity=0.5 if args.sparsity is None else args.sparsity,
+                         pattern=args.pattern, scope=args.scope, data=list(args.data or []),
+                         max_tokens=args.max_tokens, seed=args.seed)
+    print(sparsify(args.source, args.output, cfg).summary())
     return 0
 
 
@@ -544,6 +558,37 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="order in which calibration files are sampled")
     pr.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     pr.set_defaults(func=_prune)
+
+    sp = sub.add_parser(
+        "sparsify", help="unstructured or 2:4 pruning: zero individual weights (Wanda or magnitude)",
+        description="Write a Hugging Face model of the same architecture and shapes with part of the weights of "
+                    "every decoder linear layer set to zero, ready for `edgekit convert`. Weights are scored by "
+                    "|W| x the norm of their input on calibration text (Wanda) or by |W| (magnitude, no data). "
+                    "The zeros are stored densely: the files are no smaller and llama.cpp no faster; what "
+                    "sparsity buys is accuracy per remaining weight. What was zeroed is recorded in "
+                    "edgekit_sparsity.json.",
+        epilog="examples:\n  edgekit sparsify ./my-llama -o my-llama-50 --sparsity 0.5 --data calib/\n"
+               "  edgekit sparsify ./my-llama -o my-llama-24 --pattern 2:4 --data calib/\n"
+               "  edgekit sparsify ./my-llama -o my-llama-mag --method magnitude --sparsity 0.3 --scope layer",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("source", type=Path, help="HF model directory (config.json, *.safetensors, tokenizer)")
+    sp.add_argument("-o", "--output", type=Path, required=True, help="output directory (new, or empty)")
+    sp.add_argument("--method", choices=["wanda", "magnitude"], default="wanda",
+                    help="score by |W| x input norm on --data (default) or by |W| (no data)")
+    sp.add_argument("--sparsity", type=float, metavar="FRACTION",
+                    help="fraction of the weights to zero, in [0, 1) (default: 0.5)")
+    sp.add_argument("--pattern", metavar="N:M",
+                    help="semi-structured instead: at most N nonzeros in every M consecutive weights of a row, "
+                         "e.g. 2:4 (sparsity 1 - N/M)")
+    sp.add_argument("--scope", choices=["row", "layer", "global"], default="row",
+                    help="which weights compete: each output row loses the same fraction (default, as Wanda), "
+                         "one threshold per matrix, or one over all matrices")
+    sp.add_argument("--data", type=Path, action="append", metavar="FILE|DIR",
+                    help="calibration text (.txt/.py files; repeatable); needed by --method wanda")
+    sp.add_argument("--max-tokens", type=int, default=8192, help="calibration tokens at most (default: 8192)")
+    sp.add_argument("--seed", type=int, default=0, help="order in which calibration files are sampled")
+    sp.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    sp.set_defaults(func=_sparsify)
 
     _add_distill_parser(sub)
 
