@@ -42,7 +42,9 @@ VERSION = 1
 RECORD = "edgekit_recipe.json"     # the recipe as stored in a student directory
 STEP_ORDER = ("prune", "sparsify", "distill", "export")
 _EXPORT_KEYS = {"quant", "imatrix", "group_size", "embedding_quant", "max_seq_len", "name"}
-_DISTILL_EXTRA = {"student", "checkpoint_every", "keep_checkpoints"}
+_DISTILL_EXTRA = {"student"}  # distill options that are not DistillConfig fields
+_CONFIGS = {"prune": "edgekit.converters.prune:PruneConfig", "sparsify": "edgekit.converters.sparsify:SparsifyConfig",
+            "distill": "edgekit.converters.distill:DistillConfig"}
 
 
 @dataclass
@@ -117,6 +119,9 @@ def from_dict(raw: Any, *, base: Path = Path("."), where: str = "recipe") -> Rec
         if bad:
             raise EdgekitError(f"{where}: {kind}: unknown option(s) {', '.join(sorted(bad))} "
                                f"(known: {', '.join(sorted(_allowed(kind)))})")
+        if kind == "sparsify" and isinstance(opts.get("pattern"), int):
+            raise EdgekitError(f'{where}: sparsify: write the pattern quoted, e.g. pattern: "2:4" '
+                               f"(YAML reads an unquoted 2:4 as the number {opts['pattern']})")
         steps.append((kind, opts))
     if not steps:
         raise EdgekitError(f"{where}: the recipe has no steps")
@@ -142,9 +147,8 @@ def from_dict(raw: Any, *, base: Path = Path("."), where: str = "recipe") -> Rec
 def _allowed(kind: str) -> set[str]:
     if kind == "export":
         return _EXPORT_KEYS
-    cls = {"prune": "edgekit.converters.prune:PruneConfig", "sparsify": "edgekit.converters.sparsify:SparsifyConfig",
-           "distill": "edgekit.converters.distill:DistillConfig"}[kind]
-    return {f.name for f in dataclasses.fields(_import(cls))} | (_DISTILL_EXTRA if kind == "distill" else set())
+    extra = _DISTILL_EXTRA if kind == "distill" else set()
+    return {f.name for f in dataclasses.fields(_import(_CONFIGS[kind]))} | extra
 
 
 def _import(spec: str) -> Any:
@@ -162,20 +166,30 @@ def _resolve(p: str, base: Path) -> str:
 
 
 def parse_options(spec: str, flag: str) -> dict[str, Any]:
-    """'ffn=0.5,heads=0.25' -> {'ffn': 0.5, 'heads': 0.25}: values read as YAML scalars (numbers, booleans)."""
-    import yaml
-
+    """'ffn=0.5,heads=0.25' -> {'ffn': 0.5, 'heads': 0.25}."""
     out: dict[str, Any] = {}
     for part in filter(None, (s.strip() for s in spec.split(","))):
         key, eq, value = part.partition("=")
         if not eq or not key:
             raise EdgekitError(f"{flag} {spec!r}: expected key=value pairs separated by commas, "
                                "e.g. ffn=0.5,heads=0.25")
-        try:
-            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.strip().replace("-", "_")] = value
+        out[key.strip().replace("-", "_")] = _scalar(value.strip())
     return out
+
+
+def _scalar(v: str) -> Any:
+    """A flag value: int, float, true/false/none, else the string itself (so 2:4 stays "2:4")."""
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
 
 
 def _data(paths: list[str], where: str) -> list[Path]:
@@ -223,6 +237,7 @@ def run(recipe: Recipe, *, resume: bool = False, threads: int = 0, log: Callable
     student_out = (out.with_name(out.stem + "-student") if quantized else out) if changes else None
     work = Path(recipe.work_dir) if recipe.work_dir else out.with_name(out.name.removesuffix(out.suffix) + ".work")
     steps, record = _resolved(recipe)
+    _check_steps(steps, source)
     if dist.is_main():
         if student_out is not None:
             _check_output_dir(student_out)
@@ -230,6 +245,7 @@ def run(recipe: Recipe, *, resume: bool = False, threads: int = 0, log: Callable
             from edgekit.outfile import check_output_path
 
             check_output_path(out, out.suffix)
+            _check_export(out, steps[-1][1])
         if changes:
             _open_work_dir(work, record, resume)
     dist.barrier()
@@ -309,13 +325,24 @@ def _resolved(recipe: Recipe) -> tuple[list[tuple[str, dict[str, Any]]], dict[st
 def _defaults(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
     if kind == "export":
         return opts
-    cls = _import({"prune": "edgekit.converters.prune:PruneConfig",
-                   "sparsify": "edgekit.converters.sparsify:SparsifyConfig",
-                   "distill": "edgekit.converters.distill:DistillConfig"}[kind])
+    cls = _import(_CONFIGS[kind])
     base = {f.name: (f.default if f.default is not dataclasses.MISSING else
                      f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
             for f in dataclasses.fields(cls)}
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in (base | opts).items()}
+
+
+def _check_steps(steps: list[tuple[str, dict[str, Any]]], source: Path) -> None:
+    """Every step's options, checked before the first step starts (a typo should not cost a pruning run)."""
+    changed = False  # has an earlier step made a student?
+    for kind, opts in steps:
+        if kind == "export":
+            continue
+        _make(_CONFIGS[kind], {k: v for k, v in opts.items() if k not in _DISTILL_EXTRA}, kind).check()
+        if kind == "distill" and "student" not in opts and not changed:
+            raise EdgekitError(f"distill: no student for {source}: prune or sparsify first, or give `student` "
+                               "(a directory, or config overrides such as {num_hidden_layers: 4})")
+        changed = True
 
 
 def _open_work_dir(work: Path, record: dict[str, Any], resume: bool) -> None:
@@ -348,10 +375,10 @@ def _structural(kind: str, src: Path, dst: Path, opts: dict[str, Any]) -> str:
     if kind == "prune":
         from edgekit.converters.prune import prune
 
-        return prune(src, dst, _make("edgekit.converters.prune:PruneConfig", opts, "prune")).summary()
+        return prune(src, dst, _make(_CONFIGS["prune"], opts, "prune")).summary()
     from edgekit.converters.sparsify import sparsify
 
-    return sparsify(src, dst, _make("edgekit.converters.sparsify:SparsifyConfig", opts, "sparsify")).summary()
+    return sparsify(src, dst, _make(_CONFIGS["sparsify"], opts, "sparsify")).summary()
 
 
 def _distill(source: Path, current: Path, stage: Path, opts: dict[str, Any], work: Path, resume: bool, say,
@@ -361,30 +388,37 @@ def _distill(source: Path, current: Path, stage: Path, opts: dict[str, Any], wor
 
     opts = dict(opts)
     student = opts.pop("student", None)
-    if student is None and current == source:
-        raise EdgekitError("distill: no student: prune or sparsify first, or give `student` (a directory, or "
-                           "config overrides such as {num_hidden_layers: 4})")
-    cfg = _make("edgekit.converters.distill:DistillConfig", opts, "distill")
+    cfg = _make(_CONFIGS["distill"], opts, "distill")
     report = distill(source, stage, cfg, student=student if student is not None else current,
                      checkpoint_dir=work / "checkpoints", resume=resume, log=say, progress=progress)
     if dist.is_main():
         _emit(result, report.summary())
 
 
+def _check_export(out: Path, opts: dict[str, Any]) -> None:
+    """The export step's options, checked before any training starts."""
+    from edgekit.converters.executorch_export import QUANTS
+    from edgekit.converters.mix import SCHEMES
+
+    schemes, only_other = (SCHEMES, {"group_size", "embedding_quant", "max_seq_len"}) if out.suffix == ".gguf" \
+        else (QUANTS, {"imatrix"})
+    bad = sorted(set(opts) & only_other)
+    if bad:
+        raise EdgekitError(f"export: {', '.join(bad)}: not for {out.suffix} output")
+    if "quant" in opts and opts["quant"] not in schemes:
+        raise EdgekitError(f"export: quant {opts['quant']!r} is not a {out.suffix} scheme "
+                           f"({', '.join(schemes)})")
+
+
 def _export(student: Path, out: Path, opts: dict[str, Any], record: dict[str, Any], say) -> Any:
     if out.suffix == ".gguf":
         from edgekit.converters.gguf_export import ConvertConfig, convert
 
-        bad = set(opts) - {"quant", "imatrix", "name"}
-        if bad:
-            raise EdgekitError(f"export: {', '.join(sorted(bad))}: only for .pte output")
         return convert(ConvertConfig(source=student, output=out, quant=opts.get("quant", "q4_k_m"),
                                      imatrix=Path(opts["imatrix"]) if opts.get("imatrix") else None,
                                      name=opts.get("name") or out.stem, recipe=record))
     from edgekit.converters.executorch_export import PteConfig, export_pte
 
-    if "imatrix" in opts:
-        raise EdgekitError("export: imatrix: only for .gguf output")
     return export_pte(PteConfig(source=student, output=out, quant=opts.get("quant", "8da4w"),
                                 group_size=opts.get("group_size", 32), embedding_quant=opts.get("embedding_quant"),
                                 max_seq_len=opts.get("max_seq_len"), name=opts.get("name") or out.stem, log=say,

@@ -59,7 +59,8 @@ def test_representation_and_attention_losses_match_hand_computation():
     with torch.no_grad():
         proj.weight.copy_(torch.tensor(w))
     want = np.mean((hs @ w.T - ht) ** 2) / np.mean(ht ** 2)
-    assert float(representation_loss(torch.tensor(hs), torch.tensor(ht), proj)) == pytest.approx(want, rel=1e-6)
+    got = representation_loss(torch.tensor(hs), torch.tensor(ht), proj).detach()
+    assert float(got) == pytest.approx(want, rel=1e-6)
 
     def attn(heads):
         a = np.exp(rng.normal(size=(1, heads, 3, 3)))
