@@ -10,7 +10,7 @@ of a layer map (by default each student layer takes the teacher layer at the sam
 
 * beta  * representation loss: MSE between the student layer's output, through a learned linear projection
   when the widths differ (as TinyBERT does), and the teacher layer's output, divided by the mean square of
-  the teacher's so that beta means the same at every depth and model size;
+  the teacher's (per sequence) so that beta means the same at every depth and model size;
 * gamma * attention transfer: KL between the teacher's and the student's attention distributions of each
   query, head by head when the head counts match, else averaged over heads (MiniLM, TinyBERT).
 
@@ -40,10 +40,19 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.converters import distributed as dist
+from edgekit.converters.hf_dir import (
+    atomic_dir,
+    check_output_dir,
+    check_source,
+    load_model,
+    save_like_source,
+    write_record,
+)
 from edgekit.converters.training import SCHEDULES, heldout_stats, kl_divergence, lr_schedule, train_heldout_windows
 from edgekit.errors import EdgekitError
 
 TEACHER_DTYPES = ("float32", "bfloat16", "float16")
+PARALLEL = ("ddp", "fsdp")
 CHECKPOINT_PREFIX = "step-"
 # Options that change the training trajectory: a checkpoint written under other values cannot be resumed.
 _TRAJECTORY = ("data", "steps", "seq_len", "batch_size", "lr", "schedule", "warmup", "min_lr_ratio",
@@ -70,6 +79,8 @@ class DistillConfig:
     gamma: float = 0.0                  # weight of the attention-transfer loss
     layer_map: list[tuple[int, int]] | None = None  # (student layer, teacher layer) pairs; None = uniform
     teacher_dtype: str = "float32"      # float32, bfloat16 or float16
+    parallel: str = "ddp"               # under torchrun: "ddp" (a full replica per process) or "fsdp" (student
+                                        # parameters, gradients and optimizer state sharded, and the teacher too)
     heldout_windows: int = 16           # windows kept out of training (or taken from eval_data) for perplexity
     eval_data: list[Path] = field(default_factory=list)  # held-out text; default: the first windows of data
     checkpoint_every: int = 100         # steps between checkpoints (with a checkpoint directory); 0 = only at the end
@@ -101,6 +112,8 @@ class DistillConfig:
             raise EdgekitError("distill warmup must be in [0, 1) and min_lr_ratio in [0, 1]")
         if self.schedule not in SCHEDULES:
             raise EdgekitError(f"distill schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.parallel not in PARALLEL:
+            raise EdgekitError(f"distill parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise EdgekitError(f"teacher_dtype must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}")
         world = dist.world_size()
@@ -174,9 +187,12 @@ def kd_loss(student_logits: Any, teacher_logits: Any | None, ids: Any, alpha: fl
 
 
 def representation_loss(student_hidden: Any, teacher_hidden: Any, projection: Any) -> Any:
-    """MSE(projection(student), teacher) / mean(teacher^2): 0 for a perfect match, 1 for predicting zeros."""
+    """Per sequence MSE(projection(student), teacher) / mean(teacher^2), averaged over the batch: 0 for a perfect
+    match, 1 for predicting zeros. Per sequence, so that the mean over a batch equals the mean over its parts
+    (gradient accumulation and data parallelism then give the same updates as one big batch)."""
     t = teacher_hidden.float()
-    return ((projection(student_hidden).float() - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-12)
+    err = ((projection(student_hidden).float() - t) ** 2).flatten(1).mean(1)
+    return (err / (t ** 2).flatten(1).mean(1).clamp_min(1e-12)).mean()
 
 
 def attention_loss(student_attn: Any, teacher_attn: Any) -> Any:
@@ -213,13 +229,11 @@ def distill(teacher_dir: str | Path, output_dir: str | Path, cfg: DistillConfig,
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     say = log if (log and dist.is_main()) else (lambda _msg: None)
     cfg.check()
-    from edgekit.converters.prune import _check_output_dir, _check_source
-
-    _check_source(teacher_dir)
+    check_source(teacher_dir, "distillation")
     if isinstance(student, str | Path):
-        _check_source(Path(student))
+        check_source(Path(student), "distillation")
     if dist.is_main():
-        _check_output_dir(output_dir)
+        check_output_dir(output_dir)
     existing = _checkpoints(ckpt_dir)
     if existing and not resume:
         raise EdgekitError(f"{ckpt_dir}: holds checkpoints of an earlier run; resume it (--resume) or remove them")
@@ -237,7 +251,7 @@ def distill(teacher_dir: str | Path, output_dir: str | Path, cfg: DistillConfig,
     data = torch.tensor(train, dtype=torch.int32)
 
     eager = cfg.gamma > 0  # attention weights exist only in the eager attention implementation
-    teacher = _load(teacher_dir, getattr(torch, cfg.teacher_dtype), eager).to(device)
+    teacher = load_model(teacher_dir, getattr(torch, cfg.teacher_dtype), eager).to(device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     model, student_dir = _student(teacher_dir, teacher, student, eager)
@@ -246,25 +260,32 @@ def distill(teacher_dir: str | Path, output_dir: str | Path, cfg: DistillConfig,
     pairs = cfg.layer_map if cfg.layer_map is not None else uniform_layer_map(
         model.config.num_hidden_layers, teacher.config.num_hidden_layers)
     _check_pairs(pairs, model.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    wrapper = _Student(model, teacher, pairs if cfg.beta > 0 else [], pairs if cfg.gamma > 0 else [], cfg).to(device)
-    trainee = torch.nn.parallel.DistributedDataParallel(wrapper) if distributed else wrapper
-
-    opt = torch.optim.AdamW(wrapper.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.steps, cfg.warmup, cfg.schedule,
-                                                               cfg.min_lr_ratio))
-    fingerprint = _fingerprint(cfg, teacher_dir, student)
-    start, before = 0, None
-    if existing:
-        start, before = _load_checkpoint(existing[-1], fingerprint, wrapper, opt, sched)
-        say(f"distill: resuming from {existing[-1]} at step {start + 1} of {cfg.steps}")
-
-    heldout_tokens = len(heldout) * (cfg.seq_len - 1)
-    if before is None:
+    before = None  # held-out scores before training: measured now (unsharded), or kept in the checkpoint
+    if not existing:
         say(f"distill: measuring teacher and student on {len(heldout)} held-out windows")
         model.eval()
         ppl_teacher, _ = heldout_stats(teacher, teacher, heldout)
         ppl_before, kl_before = heldout_stats(model, teacher, heldout)
         before = {"ppl_teacher": ppl_teacher, "ppl_before": ppl_before, "kl_before": kl_before}
+    wrapper = _Student(model, teacher, pairs if cfg.beta > 0 else [], pairs if cfg.gamma > 0 else [], cfg).to(device)
+    fsdp = distributed and cfg.parallel == "fsdp"
+    if fsdp:
+        if masks:
+            raise EdgekitError("a sparse student cannot train under fsdp (its masks are not sharded); use ddp")
+        _shard(teacher, teacher.model.layers)
+        _shard(wrapper, model.model.layers)
+    trainee = torch.nn.parallel.DistributedDataParallel(wrapper) if distributed and not fsdp else wrapper
+
+    opt = torch.optim.AdamW(wrapper.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.steps, cfg.warmup, cfg.schedule,
+                                                               cfg.min_lr_ratio))
+    fingerprint = _fingerprint(cfg, teacher_dir, student)
+    start = 0
+    if existing:
+        start, before = _load_checkpoint(existing[-1], fingerprint, wrapper, opt, sched)
+        say(f"distill: resuming from {existing[-1]} at step {start + 1} of {cfg.steps}")
+
+    heldout_tokens = len(heldout) * (cfg.seq_len - 1)
 
     world = dist.world_size()
     share = cfg.batch_size // world
@@ -279,11 +300,13 @@ def distill(teacher_dir: str | Path, output_dir: str | Path, cfg: DistillConfig,
         for k in range(accum):
             first = step * cfg.batch_size + dist.rank() * share + k * micro
             ids = data[_batch_rows(first, micro, len(data), cfg.seed)].long().to(device)
-            sync = k == accum - 1 or not distributed
-            with trainee.no_sync() if not sync else nullcontext():  # all-reduce once per step
+            sync = k == accum - 1 or not distributed  # reduce gradients over processes once per step
+            if fsdp:
+                wrapper.set_requires_gradient_sync(sync)
+            with trainee.no_sync() if not sync and not fsdp else nullcontext():
                 parts = trainee(ids)
                 (parts[0] / accum).backward()
-            sums = [s + float(p) / accum for s, p in zip(sums, parts, strict=True)]
+            sums = [s + float(p.detach()) / accum for s, p in zip(sums, parts, strict=True)]
         if masks:
             _mask_gradients(model, masks)
         if cfg.clip:
@@ -305,12 +328,16 @@ def distill(teacher_dir: str | Path, output_dir: str | Path, cfg: DistillConfig,
                 f"lr {sched.get_last_lr()[0]:.2e} {tok_s:,.0f} tok/s")
         if ckpt_dir is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
                                      or done == cfg.steps):
+            model_state, optim_state = _full_state(wrapper, opt)  # collective under fsdp: every rank calls it
             if dist.is_main():
-                _save_checkpoint(ckpt_dir, done, fingerprint, wrapper, opt, sched, before, cfg.keep_checkpoints)
+                _save_checkpoint(ckpt_dir, done, fingerprint, model_state, optim_state, sched, before,
+                                 cfg.keep_checkpoints)
             dist.barrier()
     bar.close()
     seconds = time.perf_counter() - t_train
 
+    if fsdp:
+        model = _unsharded(model).to(device)  # the plain model scores and saves the same on every rank
     model.eval()
     ppl_after, kl_after = heldout_stats(model, teacher, heldout)
     sparsity = _sparsity(masks)
@@ -420,20 +447,6 @@ def _run(model, ids, layers: set[int], attentions: bool):
     return out, hidden
 
 
-def _load(path: Path, dtype, eager: bool):
-    from transformers import AutoModelForCausalLM
-
-    from edgekit.converters.imatrix import _quiet_transformers
-
-    kw = {"attn_implementation": "eager"} if eager else {}
-    try:
-        with _quiet_transformers():
-            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).eval()
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EdgekitError(f"{path}: transformers cannot load the model ({first})") from None
-
-
 def _student(teacher_dir: Path, teacher, spec, eager: bool):
     """(student model in float32, its source directory or None): loaded from a directory, or built from the
     teacher's config with overrides and initialised at random (seeded)."""
@@ -445,7 +458,7 @@ def _student(teacher_dir: Path, teacher, spec, eager: bool):
     from edgekit.converters.imatrix import _quiet_transformers
 
     if isinstance(spec, str | Path):
-        model = _load(Path(spec), torch.float32, eager)
+        model = load_model(Path(spec), torch.float32, eager)
         _check_vocab(model, teacher, str(spec))
         return model, Path(spec)
     c = copy.deepcopy(teacher.config)
@@ -531,14 +544,44 @@ def _checkpoints(ckpt_dir: Path | None) -> list[Path]:
     return sorted(p for p in ckpt_dir.glob(f"{CHECKPOINT_PREFIX}*.pt") if p.is_file())
 
 
-def _save_checkpoint(ckpt_dir: Path, step: int, fingerprint, wrapper, opt, sched, before, keep: int) -> None:
+def _shard(module, layers) -> None:
+    """FSDP2: each decoder layer is one unit (gathered for its forward and backward, then freed), the rest another."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(module)
+
+
+def _unsharded(model):
+    """A plain copy of an FSDP-sharded model on CPU (every rank gathers; it is one model's size)."""
+    from transformers import AutoModelForCausalLM
+
+    full, _ = _full_state(model, None)
+    plain = AutoModelForCausalLM.from_config(model.config)
+    plain.load_state_dict(full, strict=False)  # a tied lm_head comes back through the embeddings
+    return plain
+
+
+def _full_state(module, opt) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Unsharded model and optimizer state keyed by parameter name, on CPU: the same for one process, DDP
+    and FSDP, so a checkpoint resumes under any of them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(module, options=o),
+            get_optimizer_state_dict(module, opt, options=o) if opt is not None else None)
+
+
+def _save_checkpoint(ckpt_dir: Path, step: int, fingerprint, model_state, optim_state, sched, before,
+                     keep: int) -> None:
     import torch
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"{CHECKPOINT_PREFIX}{step:07d}.pt"
     tmp = ckpt_dir / f".{final.name}.tmp"
-    torch.save({"step": step, "fingerprint": fingerprint, "model": wrapper.state_dict(),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "before": before,
+    torch.save({"step": step, "fingerprint": fingerprint, "model": model_state,
+                "optimizer": optim_state, "scheduler": sched.state_dict(), "before": before,
                 "rng": torch.get_rng_state()}, tmp)
     os.replace(tmp, final)  # a kill before this line leaves the previous checkpoint as the newest
     for old in _checkpoints(ckpt_dir)[:-keep]:
@@ -557,8 +600,11 @@ def _load_checkpoint(path: Path, fingerprint, wrapper, opt, sched) -> tuple[int,
     if changed:
         raise EdgekitError(f"{path}: written by a run with different {', '.join(changed)}; resume with the "
                            "same options, or remove the checkpoints to start over")
-    wrapper.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    full = StateDictOptions(full_state_dict=True)  # every rank reads the file and keeps its own shard
+    set_model_state_dict(wrapper, state["model"], options=full)
+    set_optimizer_state_dict(wrapper, opt, state["optimizer"], options=full)
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     return int(state["step"]), state["before"]
@@ -571,12 +617,10 @@ def _load_checkpoint(path: Path, fingerprint, wrapper, opt, sched) -> tuple[int,
 def _write(model, teacher_dir: Path, student_dir: Path | None, output_dir: Path, cfg: DistillConfig,
            report: DistillReport) -> None:
     """Save the student like its source (storage precision, tokenizer, records of earlier steps) plus a record."""
-    from edgekit.converters.prune import _atomic_dir, _save_like_source, _write_record
-
     model.config._attn_implementation = "sdpa"  # eager was only for reading attention weights in training
-    with _atomic_dir(output_dir) as tmp:
-        _save_like_source(model, student_dir or teacher_dir, tmp)
-        _write_record(tmp / "edgekit_distill.json", {
+    with atomic_dir(output_dir) as tmp:
+        save_like_source(model, student_dir or teacher_dir, tmp)
+        write_record(tmp / "edgekit_distill.json", {
             "config": cfg.to_dict(), "teacher": str(teacher_dir), "student_init": str(student_dir or "config"),
             "report": {k: v for k, v in report.to_dict().items() if k != "losses"},
             "losses_every_10_steps": report.losses[::10]})

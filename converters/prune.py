@@ -22,18 +22,21 @@ Layers") and ShortGPT both find to be the most redundant.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.converters.hf_dir import (
+    atomic_dir,
+    check_output_dir,
+    check_source,
+    load_config,
+    load_model,
+    save_like_source,
+    write_record,
+)
 from edgekit.errors import EdgekitError
 
 IMPORTANCE = ("activation", "weight")
@@ -45,9 +48,6 @@ _FUSED = {"LlamaForCausalLM": False, "MistralForCausalLM": False, "Qwen2ForCausa
 # llama.cpp's qwen2 and phi3 graphs size the q/o projections from hidden_size, so heads x head_dim must equal it:
 # a model of these with fewer heads would load in transformers but not in llama.cpp.
 _HEADS_FIXED = {"Qwen2ForCausalLM": "Qwen2", "Phi3ForCausalLM": "Phi-3"}
-# Files that the pruned model replaces rather than copies from the source.
-_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".pte"}
-_REPLACED = {"config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
 
 
 @dataclass
@@ -136,9 +136,9 @@ def prune(source_dir: str | Path, output_dir: str | Path, cfg: PruneConfig) -> P
     t0 = time.perf_counter()
     source_dir, output_dir = Path(source_dir), Path(output_dir)
     cfg.check()
-    arch = _check_source(source_dir)
-    _check_output_dir(output_dir)
-    shape = _shape(_load_config(source_dir))  # every count is checked before the weights are loaded
+    arch = check_source(source_dir, "pruning")
+    check_output_dir(output_dir)
+    shape = _shape(load_config(source_dir))  # every count is checked before the weights are loaded
 
     keep_ffn = _keep_ffn(shape.ffn, cfg.ffn)
     keep_groups = max(1, _nearest(shape.kv_heads * (1 - cfg.heads)))  # at least one KV group remains
@@ -147,7 +147,7 @@ def prune(source_dir: str | Path, output_dir: str | Path, cfg: PruneConfig) -> P
                            "(its graph there needs heads x head_dim = hidden size); prune --ffn/--layers only")
     if cfg.layers >= shape.layers:
         raise EdgekitError(f"--layers {cfg.layers}: the model has only {shape.layers} layers (at least one must stay)")
-    model = _load(source_dir)
+    model = load_model(source_dir)
 
     need_width = keep_ffn < shape.ffn or keep_groups < shape.kv_heads
     if cfg.importance == "activation" and cfg.wants_pruning:
@@ -203,56 +203,6 @@ def _top(scores, k: int) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------
 # Checks and loading
-
-
-def _check_source(source_dir: Path) -> str:
-    cfg_file = source_dir / "config.json"
-    if not cfg_file.is_file():
-        raise EdgekitError(f"{source_dir}: not a Hugging Face model directory (no config.json)")
-    try:
-        archs = json.loads(cfg_file.read_text(encoding="utf-8")).get("architectures") or []
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgekitError(f"{cfg_file}: not valid JSON ({e})") from None
-    arch = archs[0] if archs else "(none)"
-    if arch not in _FUSED:
-        raise EdgekitError(f"{source_dir}: pruning does not support architecture {arch!r} "
-                           f"(supported: {', '.join(_FUSED)})")
-    return arch
-
-
-def _check_output_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EdgekitError(f"{out}: already exists and is not an empty directory (choose a new output directory)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise EdgekitError(f"{out}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise EdgekitError(f"{out}: directory {parent} is not writable")
-
-
-def _load_config(source_dir: Path):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(source_dir)
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EdgekitError(f"{source_dir}: transformers cannot read config.json ({first})") from None
-
-
-def _load(source_dir: Path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from edgekit.converters.imatrix import _quiet_transformers
-
-    try:
-        with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EdgekitError(f"{source_dir}: transformers cannot load the model ({first})") from None
-    return model.eval()
 
 
 def _shape(c) -> _Shape:
@@ -430,7 +380,7 @@ def _write(source_dir: Path, output_dir: Path, new_cfg, state: dict[str, Any], r
 
     from edgekit.converters.imatrix import _quiet_transformers
 
-    with _atomic_dir(output_dir) as tmp:
+    with atomic_dir(output_dir) as tmp:
         with _quiet_transformers():
             model = AutoModelForCausalLM.from_config(new_cfg, dtype=torch.float32)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -438,52 +388,8 @@ def _write(source_dir: Path, output_dir: Path, new_cfg, state: dict[str, Any], r
         if missing or unexpected:
             raise EdgekitError(f"pruned weights do not fit the pruned config (missing {missing[:3]}, "
                                f"unexpected {unexpected[:3]})")
-        _save_like_source(model, source_dir, tmp)
+        save_like_source(model, source_dir, tmp)
         params = sum(p.numel() for p in model.parameters())
         d = {k: v for k, v in report.to_dict().items() if k != "seconds"} | {"params_after": params}
-        _write_record(tmp / "edgekit_prune.json", d)
+        write_record(tmp / "edgekit_prune.json", d)
     return params
-
-
-@contextlib.contextmanager
-def _atomic_dir(output_dir: Path) -> Iterator[Path]:
-    """A temp dir beside output_dir, renamed to it when the block succeeds and removed when it fails, so a
-    failure never leaves a half-written model. output_dir must have passed _check_output_dir."""
-    parent = output_dir.parent if str(output_dir.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=parent))
-    try:
-        yield tmp
-        if output_dir.exists():
-            output_dir.rmdir()  # checked empty before the work started
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _save_like_source(model, source_dir: Path, out: Path) -> None:
-    """save_pretrained in the source's storage precision (bf16 stays bf16), with the source's side files
-    (tokenizer, chat template, earlier edgekit_*.json records) copied through."""
-    from edgekit.converters.imatrix import _quiet_transformers
-
-    dtype = _source_dtype(source_dir)
-    if dtype is not None:
-        model = model.to(dtype)
-    for f in source_dir.iterdir():
-        if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.name not in _REPLACED:
-            shutil.copy2(f, out / f.name)
-    with _quiet_transformers():  # no shard-writing bar: the summary line is the output
-        model.save_pretrained(out)
-
-
-def _write_record(path: Path, d: dict[str, Any]) -> None:
-    """What was done, for the record (and for recipes later): one key per line, each value on one line."""
-    path.write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items()) + "\n}\n")
-
-
-def _source_dtype(source_dir: Path):
-    import torch
-
-    raw = json.loads((source_dir / "config.json").read_text(encoding="utf-8"))
-    name = raw.get("dtype") or raw.get("torch_dtype")
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name)

@@ -223,7 +223,7 @@ class PipelineResult:
 def run(recipe: Recipe, *, resume: bool = False, threads: int = 0, log: Callable[[str], None] | None = None,
         progress: bool = True) -> PipelineResult:
     """Run the recipe's steps in order; only rank 0 writes (under torchrun, every rank trains)."""
-    from edgekit.converters.prune import _check_output_dir
+    from edgekit.converters.hf_dir import check_output_dir
 
     say = log if (log and dist.is_main()) else (lambda _msg: None)
     source = _source(recipe)
@@ -240,7 +240,7 @@ def run(recipe: Recipe, *, resume: bool = False, threads: int = 0, log: Callable
     _check_steps(steps, source)
     if dist.is_main():
         if student_out is not None:
-            _check_output_dir(student_out)
+            check_output_dir(student_out)
         if quantized:
             from edgekit.outfile import check_output_path
 
@@ -423,6 +423,23 @@ def _export(student: Path, out: Path, opts: dict[str, Any], record: dict[str, An
                                 group_size=opts.get("group_size", 32), embedding_quant=opts.get("embedding_quant"),
                                 max_seq_len=opts.get("max_seq_len"), name=opts.get("name") or out.stem, log=say,
                                 recipe=record))
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line for `edgekit inspect`: 'prune ffn=0.5 -> distill 2000 steps (alpha 0.5, T 2.0) -> export q4_k_m'."""
+    parts = []
+    for step in record.get("steps", []):
+        (kind, o), = step.items()
+        if kind == "prune":
+            what = ",".join(f"{k}={o[k]}" for k in ("ffn", "heads", "layers") if o.get(k))
+        elif kind == "sparsify":
+            what = f"{o.get('method')} {o.get('pattern') or o.get('sparsity')}"
+        elif kind == "distill":
+            what = f"{o.get('steps')} steps (alpha {o.get('alpha')}, T {o.get('temperature')})"
+        else:
+            what = str(o.get("quant", ""))
+        parts.append(f"{kind} {what}".strip())
+    return f"{record.get('source')}: " + " -> ".join(parts)
 
 
 def write(recipe: Recipe, path: Path) -> None:

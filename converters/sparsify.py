@@ -37,15 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.converters.prune import (
-    _atomic_dir,
-    _check_output_dir,
-    _check_source,
-    _load,
-    _nearest,
-    _save_like_source,
-    _write_record,
+from edgekit.converters.hf_dir import (
+    atomic_dir,
+    check_output_dir,
+    check_source,
+    load_model,
+    save_like_source,
+    write_record,
 )
+from edgekit.converters.prune import _nearest
 from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
@@ -164,12 +164,12 @@ def sparsify(source_dir: str | Path, output_dir: str | Path, cfg: SparsifyConfig
     t0 = time.perf_counter()
     source_dir, output_dir = Path(source_dir), Path(output_dir)
     cfg.check()
-    arch = _check_source(source_dir)
-    _check_output_dir(output_dir)
+    arch = check_source(source_dir, "sparsify")
+    check_output_dir(output_dir)
     windows = None
     if cfg.method == "wanda":  # read before the weights: bad data fails fast
         windows = text_windows(source_dir, cfg.data, cfg.ctx, max(1, cfg.max_tokens // cfg.ctx), seed=cfg.seed)
-    model = _load(source_dir)
+    model = load_model(source_dir)
     masks = compute_masks(model, cfg, windows)
     apply_masks(model, masks)
     pattern = None if cfg.n_m is None else "{}:{}".format(*cfg.n_m)  # as written in the record: "2:4"
@@ -178,9 +178,9 @@ def sparsify(source_dir: str | Path, output_dir: str | Path, cfg: SparsifyConfig
         sparsity=cfg.target, stats=sparsity_stats(masks, pattern),
         params=sum(p.numel() for p in model.parameters()), calibration_tokens=sum(map(len, windows or [])),
         seconds=0.0)
-    with _atomic_dir(output_dir) as tmp:
-        _save_like_source(model, source_dir, tmp)
-        _write_record(tmp / RECORD, report.record())
+    with atomic_dir(output_dir) as tmp:
+        save_like_source(model, source_dir, tmp)
+        write_record(tmp / RECORD, report.record())
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -57,7 +57,7 @@ def _convert_recipe(args: argparse.Namespace) -> int:
     from edgekit.converters import recipe as rc
 
     flags = {"--prune": args.prune, "--sparsify": args.sparsify, "--distill": args.distill is not None,
-             "--steps": args.steps, "--student": args.student, "--data": args.data}
+             "--steps": args.steps, "--student": args.student}
     if args.recipe:
         used = [f for f, v in flags.items() if v]
         if used:
@@ -67,6 +67,8 @@ def _convert_recipe(args: argparse.Namespace) -> int:
             recipe.source = "demo" if args.demo else str(args.source)
         if args.output:
             recipe.output = str(args.output)
+        if args.data:
+            recipe.data = [str(p) for p in args.data]
         if args.eval_data:
             recipe.eval_data = [str(p) for p in args.eval_data]
     else:
@@ -233,6 +235,7 @@ def _distill(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, micro_batch=args.micro_batch, lr=args.lr, schedule=args.schedule,
         warmup=args.warmup if args.warmup is not None else d.warmup, alpha=args.alpha, temperature=args.temperature,
         beta=args.beta, gamma=args.gamma, layer_map=layer_map, teacher_dtype=args.teacher_dtype,
+        parallel="fsdp" if args.fsdp else "ddp",
         heldout_windows=args.heldout_windows, checkpoint_every=args.checkpoint_every, seed=args.seed)
     student = parse_options(args.student, "--student") if "=" in args.student else Path(args.student)
     log = None if args.quiet else (lambda msg: print(f"edgekit: {msg}", file=sys.stderr))
@@ -419,6 +422,9 @@ def _add_distill_parser(sub) -> None:
                     help="student:teacher layer pairs for --beta/--gamma (default: same relative depth)")
     ds.add_argument("--teacher-dtype", choices=TEACHER_DTYPES, default=d.teacher_dtype,
                     help="run the frozen teacher in lower precision to save memory")
+    ds.add_argument("--fsdp", action="store_true",
+                    help="under torchrun: shard the student's parameters, gradients and optimizer state, and the "
+                         "teacher, over the processes (FSDP2) instead of a full replica in each (DDP)")
     ds.add_argument("--heldout-windows", type=int, default=d.heldout_windows,
                     help=f"held-out windows for the perplexities (default: {d.heldout_windows})")
     ds.add_argument("--checkpoint-dir", type=Path, metavar="DIR", help="write checkpoints here (rank 0)")

@@ -71,6 +71,8 @@ def format_report(info: dict[str, Any], show_tensors: bool = False) -> str:
         lines.append("tokenizer     " + ", ".join(f"{k}={v}" for k, v in tok.items()))
     if "tokenizer.chat_template" in md:
         lines.append(f"chat template {len(md['tokenizer.chat_template'])} chars")
+    if "edgekit.recipe" in md:
+        lines.append(f"recipe        {_recipe_line(md['edgekit.recipe'])}")
     lines.append("types")
     for name, e in sorted(info["types"].items(), key=lambda kv: -kv[1]["bytes"]):
         lines.append(f"  {name:<6} {e['tensors']:>5} tensors  {e['params'] / 1e6:>9.2f} M params  "
@@ -80,3 +82,14 @@ def format_report(info: dict[str, Any], show_tensors: bool = False) -> str:
         for t in info["tensors"]:
             lines.append(f"  {t['name']:<40} {t['type']:<6} {str(t['shape']):<20} {human_bytes(t['bytes'])}")
     return "\n".join(lines)
+
+
+def _recipe_line(text: str) -> str:
+    import json
+
+    from edgekit.converters.recipe import describe
+
+    try:
+        return describe(json.loads(text))
+    except (ValueError, AttributeError, TypeError):
+        return f"(unreadable: {len(text)} chars)"

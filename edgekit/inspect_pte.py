@@ -158,6 +158,10 @@ def format_report(info: dict[str, Any]) -> str:
         lines.append(f"  context / prefill        {man.get('max_seq_len')} / {man.get('max_prefill')} tokens")
         lines.append(f"  bos / eos                {man.get('bos_id')} / {man.get('eos_ids')}")
         lines.append(f"  chat template            {'yes' if man.get('chat_template') else 'no'}")
+        if man.get("recipe"):
+            from edgekit.converters.recipe import describe
+
+            lines.append(f"  recipe                   {describe(man['recipe'])}")
         lines.append(f"  needs kernels            {', '.join(man.get('program', {}).get('needs_kernels', [])) or '-'}")
         made = ", ".join(f"{k} {v}" for k, v in man.get("created_by", {}).items())
         lines.append(f"  created by               {made}")

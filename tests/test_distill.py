@@ -58,7 +58,7 @@ def test_representation_and_attention_losses_match_hand_computation():
     proj = torch.nn.Linear(4, 6, bias=False).double()
     with torch.no_grad():
         proj.weight.copy_(torch.tensor(w))
-    want = np.mean((hs @ w.T - ht) ** 2) / np.mean(ht ** 2)
+    want = np.mean([np.mean((hs[b] @ w.T - ht[b]) ** 2) / np.mean(ht[b] ** 2) for b in range(2)])  # per sequence
     got = representation_loss(torch.tensor(hs), torch.tensor(ht), proj).detach()
     assert float(got) == pytest.approx(want, rel=1e-6)
 
@@ -160,14 +160,18 @@ def test_resume_refuses_a_checkpoint_of_other_options(tiny_models, tmp_path):
 
 
 def test_torchrun_two_processes_equal_one_process(tiny_models, tmp_path):
-    """DDP over gloo, 2 processes x 2 sequences = 1 process x 4 sequences (and 4 micro-batches of 1):
+    """DDP and FSDP over gloo, 2 processes x 2 sequences = 1 process x 4 sequences (and 4 micro-batches of 1):
     the same updates up to float rounding; a different global batch is far off (the test can fail)."""
     teacher = tiny_models["llama"]
-    common = ["--steps", "5", "--batch-size", "4"]
+    common = ["--steps", "5", "--batch-size", "4", "--beta", "1", "--gamma", "1"]  # every loss term
     ddp = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "edgekit", "distill",
                           *_distill_cmd(teacher, tmp_path / "ddp", *common)[4:]], capture_output=True, text=True)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "on 2 processes" in ddp.stdout and ddp.stdout.count("distilled") == 1  # rank 0 alone reports
+    fsdp = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "edgekit", "distill",
+                           *_distill_cmd(teacher, tmp_path / "fsdp", *common, "--fsdp")[4:]],
+                          capture_output=True, text=True)
+    assert fsdp.returncode == 0, fsdp.stderr[-2000:]
     one = subprocess.run(_distill_cmd(teacher, tmp_path / "one", *common), capture_output=True, text=True)
     accum = subprocess.run(_distill_cmd(teacher, tmp_path / "accum", *common, "--micro-batch", "1"),
                            capture_output=True, text=True)
@@ -176,6 +180,7 @@ def test_torchrun_two_processes_equal_one_process(tiny_models, tmp_path):
     assert one.returncode == accum.returncode == other.returncode == 0, one.stderr + accum.stderr + other.stderr
     w = _weights(tmp_path / "one")
     assert _max_diff(w, _weights(tmp_path / "ddp")) < 2e-5
+    assert _max_diff(w, _weights(tmp_path / "fsdp")) < 2e-5  # sharded parameters, gradients and optimizer state
     assert _max_diff(w, _weights(tmp_path / "accum")) < 2e-5
     assert _max_diff(w, _weights(tmp_path / "other")) > 1e-3
 

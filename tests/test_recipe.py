@@ -60,6 +60,30 @@ def test_prune_distill_to_gguf_matches_the_student_in_llamacpp(tiny_models, tmp_
     assert kinds == ["prune", "distill", "export"]
     assert recipe["steps"][1]["distill"]["steps"] == 4 and recipe["steps"][1]["distill"]["alpha"] == 0.5  # default
     assert recipe["steps"][2]["export"] == {"quant": "f32"}
+    shown = _run("inspect", str(out)).stdout
+    assert "prune ffn=0.5 -> distill 4 steps (alpha 0.5, T 2.0) -> export f32" in shown
+
+
+def test_fresh_student_distilled_to_pte_runs_in_executorch(tiny_models, tmp_path):
+    """A student from config overrides (half the layers), exported to .pte straight away."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgekit.runtime_et import EtModel
+
+    out = tmp_path / "s.pte"
+    _run("convert", str(tiny_models["llama"]), "-o", str(out), "--quant", "fp32", "--distill", TINY_DISTILL,
+         "--student", "num_hidden_layers=1", "--data", DATA, "--max-seq-len", "64", "--threads", "1", "-q")
+    student = tmp_path / "s-student"
+    assert json.loads((student / "config.json").read_text())["num_hidden_layers"] == 1
+    m = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).eval()
+    tokens = prompt_tokens(student)[:16]
+    with torch.no_grad():
+        want = m(torch.tensor([tokens])).logits[0, -1].numpy()
+    got = EtModel(out).prefill(tokens)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+    manifest = json.loads((tmp_path / "s.manifest.json").read_text())
+    assert manifest["recipe"]["steps"][0]["distill"]["student"] == {"num_hidden_layers": 1}
 
 
 def test_recipe_file_gives_the_same_student_as_the_flags(tiny_models, tmp_path):
@@ -117,6 +141,17 @@ def test_an_interrupted_pipeline_resumes_from_its_work_dir(tiny_models, tmp_path
     r = _run(*args[:-1], "--resume")  # without -q: the log says what was reused
     assert "reusing" in r.stderr and "1-prune" in r.stderr and "resuming from" in r.stderr
     assert (tmp_path / "s" / "model.safetensors").is_file() and not (tmp_path / "s.work").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(path):
+    from edgekit.converters import recipe as rc
+
+    r = rc.load(path)
+    steps, record = rc._resolved(r)
+    rc._check_steps(steps, rc._source(r))  # every option is known and in range, the data exists
+    assert record["steps"][-1] == {"export": steps[-1][1]}
+    assert rc.describe(record).startswith("demo: ")
 
 
 @pytest.mark.parametrize("text, message", [
