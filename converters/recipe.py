@@ -225,6 +225,7 @@ def run(recipe: Recipe, *, resume: bool = False, threads: int = 0, log: Callable
     """Run the recipe's steps in order; only rank 0 writes (under torchrun, every rank trains)."""
     from edgekit.converters.hf_dir import check_output_dir
 
+    dist.init()  # under torchrun, join the process group before the first barrier
     say = log if (log and dist.is_main()) else (lambda _msg: None)
     source = _source(recipe)
     out = Path(recipe.output)

@@ -101,6 +101,21 @@ def test_recipe_file_gives_the_same_student_as_the_flags(tiny_models, tmp_path):
     assert str(tmp_path) not in text and "format: edgekit-recipe" in text
 
 
+def test_the_pipeline_under_torchrun_equals_one_process(tiny_models, tmp_path):
+    """`torchrun -m edgekit convert`: rank 0 prunes and writes, both ranks train (DDP, half the batch each)."""
+    flags = ["--prune", "ffn=0.5,importance=weight", "--distill", TINY_DISTILL, "--data", DATA, "--threads", "1", "-q"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                        "edgekit", "convert", str(tiny_models["llama"]), "-o", str(tmp_path / "two"), *flags],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("pruned") == 1 and "on 2 processes" in r.stdout
+    _run("convert", str(tiny_models["llama"]), "-o", str(tmp_path / "one"), *flags)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5
+
+
 def test_a_2_4_mask_stays_2_4_through_distillation(tiny_models, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
