@@ -48,6 +48,7 @@ from edgekit.converters.hf_dir import (
     save_like_source,
     write_record,
 )
+from edgekit.converters.sparsify import apply_masks, mask_gradients, masks_from_dir, sparsity_stats
 from edgekit.converters.training import SCHEDULES, heldout_stats, kl_divergence, lr_schedule, train_heldout_windows
 from edgekit.errors import EdgekitError
 
@@ -155,7 +156,7 @@ class DistillReport:
     def summary(self) -> str:
         resumed = f" (resumed at step {self.start_step + 1})" if self.start_step else ""
         tok_s = (self.steps - self.start_step) / max(self.steps, 1) * self.tokens / max(self.seconds, 1e-9)
-        sparse = f"; sparsity {100 * self.sparsity:.1f} % kept" if self.sparsity is not None else ""
+        sparse = f"; sparsity {100 * self.sparsity:.1f} % (zeros kept)" if self.sparsity is not None else ""
         return (f"distilled {self.params_teacher / 1e6:.2f}M -> {self.params_student / 1e6:.2f}M params: "
                 f"{self.steps} steps{resumed}, {self.tokens:,} tokens, {self.seconds:.0f} s ({tok_s:,.0f} tok/s"
                 f"{f' on {self.world_size} processes' if self.world_size > 1 else ''}); held-out PPL "
@@ -257,7 +258,7 @@ def distill(teacher_dir: str | Path, output_dir: str | Path, cfg: DistillConfig,
         p.requires_grad_(False)
     model, student_dir = _student(teacher_dir, teacher, student, eager)
     model.to(device)
-    masks = _masks(student_dir, model)
+    masks = masks_from_dir(student_dir, model) if student_dir else {}  # a sparse student keeps its zeros
     pairs = cfg.layer_map if cfg.layer_map is not None else uniform_layer_map(
         model.config.num_hidden_layers, teacher.config.num_hidden_layers)
     _check_pairs(pairs, model.config.num_hidden_layers, teacher.config.num_hidden_layers)
@@ -268,7 +269,8 @@ def distill(teacher_dir: str | Path, output_dir: str | Path, cfg: DistillConfig,
         ppl_teacher, _ = heldout_stats(teacher, teacher, heldout)
         ppl_before, kl_before = heldout_stats(model, teacher, heldout)
         before = {"ppl_teacher": ppl_teacher, "ppl_before": ppl_before, "kl_before": kl_before}
-    wrapper = _Student(model, teacher, pairs if cfg.beta > 0 else [], pairs if cfg.gamma > 0 else [], cfg).to(device)
+    wrapper = _make_student(model, teacher, pairs if cfg.beta > 0 else [], pairs if cfg.gamma > 0 else [], cfg)
+    wrapper.to(device)
     fsdp = distributed and cfg.parallel == "fsdp"
     if fsdp:
         if masks:
@@ -309,14 +311,14 @@ def distill(teacher_dir: str | Path, output_dir: str | Path, cfg: DistillConfig,
                 (parts[0] / accum).backward()
             sums = [s + float(p.detach()) / accum for s, p in zip(sums, parts, strict=True)]
         if masks:
-            _mask_gradients(model, masks)
+            mask_gradients(model, masks)
         if cfg.clip:
             torch.nn.utils.clip_grad_norm_(wrapper.parameters(), cfg.clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         if masks:
-            _apply_masks(model, masks)
+            apply_masks(model, masks)
         loss, ce, kl, rep, att = dist.mean(sums)
         losses.append(loss)
         done = step + 1
@@ -341,7 +343,7 @@ def distill(teacher_dir: str | Path, output_dir: str | Path, cfg: DistillConfig,
         model = _unsharded(model).to(device)  # the plain model scores and saves the same on every rank
     model.eval()
     ppl_after, kl_after = heldout_stats(model, teacher, heldout)
-    sparsity = _sparsity(masks)
+    sparsity = sparsity_stats(masks).overall if masks else None
     params_teacher = sum(p.numel() for p in teacher.parameters())
     del teacher, opt
     report = DistillReport(
@@ -373,17 +375,11 @@ def _batch_rows(first: int, n: int, n_windows: int, seed: int) -> list[int]:
     return rows
 
 
-_ORDERS: dict[tuple[int, int, int], list[int]] = {}
-
-
+@functools.lru_cache(maxsize=2)  # the current epoch, and the next one at an epoch boundary
 def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     import torch
 
-    key = (seed, epoch, n)
-    if key not in _ORDERS:
-        _ORDERS.clear()  # one epoch (and maybe the next) is in use at a time
-        _ORDERS[key] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
-    return _ORDERS[key]
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,7 +426,7 @@ def _student_class():
     return Student
 
 
-def _Student(model, teacher, rep_pairs, att_pairs, cfg: DistillConfig):  # noqa: N802 -- builds a Module
+def _make_student(model, teacher, rep_pairs, att_pairs, cfg: DistillConfig):
     return _student_class()(model, teacher, rep_pairs, att_pairs, cfg)
 
 
@@ -500,33 +496,6 @@ def _check_pairs(pairs, n_student: int, n_teacher: int) -> None:
 # Sparse students: masked updates keep pruned weights at zero
 
 
-def _masks(student_dir: Path | None, model) -> dict[str, Any]:
-    if student_dir is None or not (student_dir / "edgekit_sparsity.json").is_file():
-        return {}  # a dense student
-    from edgekit.converters.sparsify import masks_from_dir
-
-    return masks_from_dir(student_dir, model)
-
-
-def _mask_gradients(model, masks) -> None:
-    from edgekit.converters.sparsify import mask_gradients
-
-    mask_gradients(model, masks)
-
-
-def _apply_masks(model, masks) -> None:
-    from edgekit.converters.sparsify import apply_masks
-
-    apply_masks(model, masks)
-
-
-def _sparsity(masks) -> float | None:
-    if not masks:
-        return None
-    total = sum(m.numel() for m in masks.values())
-    return 1 - sum(int(m.sum()) for m in masks.values()) / total
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -555,23 +524,26 @@ def _shard(module, layers) -> None:
 
 
 def _unsharded(model):
-    """A plain copy of an FSDP-sharded model on CPU (every rank gathers; it is one model's size)."""
+    """A plain copy of an FSDP-sharded model on CPU, on every rank (each gathers one model's size)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    full, _ = _full_state(model, None)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     plain = AutoModelForCausalLM.from_config(model.config)
-    plain.load_state_dict(full, strict=False)  # a tied lm_head comes back through the embeddings
+    missing, unexpected = plain.load_state_dict({k: v.cpu() for k, v in full.items()}, strict=False)
+    if unexpected or [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]:
+        raise EdgekitError(f"gathering the sharded student lost tensors (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
     return plain
 
 
-def _full_state(module, opt) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Unsharded model and optimizer state keyed by parameter name, on CPU: the same for one process, DDP
-    and FSDP, so a checkpoint resumes under any of them."""
+def _full_state(module, opt) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Unsharded model and optimizer state keyed by parameter name, on rank 0's CPU (other ranks get empty
+    dicts): the same for one process, DDP and FSDP, so a checkpoint resumes under any of them."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     o = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return (get_model_state_dict(module, options=o),
-            get_optimizer_state_dict(module, opt, options=o) if opt is not None else None)
+    return get_model_state_dict(module, options=o), get_optimizer_state_dict(module, opt, options=o)
 
 
 def _save_checkpoint(ckpt_dir: Path, step: int, fingerprint, model_state, optim_state, sched, before,

@@ -21,7 +21,7 @@ WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".pte"}
 REPLACED = {"config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
 
 
-def check_source(source_dir: Path, what: str = "edgekit") -> str:
+def check_source(source_dir: Path, what: str) -> str:
     """The model's architecture, after checking that the directory holds a supported HF model."""
     cfg_file = source_dir / "config.json"
     if not cfg_file.is_file():

@@ -216,11 +216,13 @@ def _data(paths: list[str], where: str) -> list[Path]:
 class PipelineResult:
     student_dir: Path | None          # the HF student (None when no step changed the model)
     output: Path
+    teacher: Path                     # the source model
+    eval_data: list[Path]             # held-out text for a report against the teacher (may be empty)
     export: Any = None                # the exporter's result (ConvertResult or PteResult), if any
     lines: list[str] = field(default_factory=list)   # each step's summary
 
 
-def run(recipe: Recipe, *, resume: bool = False, threads: int = 0, log: Callable[[str], None] | None = None,
+def run(recipe: Recipe, *, resume: bool = False, log: Callable[[str], None] | None = None,
         progress: bool = True) -> PipelineResult:
     """Run the recipe's steps in order; only rank 0 writes (under torchrun, every rank trains)."""
     from edgekit.converters.hf_dir import check_output_dir
@@ -250,12 +252,9 @@ def run(recipe: Recipe, *, resume: bool = False, threads: int = 0, log: Callable
         if changes:
             _open_work_dir(work, record, resume)
     dist.barrier()
-    if threads > 0:
-        import torch
 
-        torch.set_num_threads(threads)
-
-    result = PipelineResult(student_dir=student_out, output=out)
+    result = PipelineResult(student_dir=student_out, output=out, teacher=source,
+                            eval_data=_data(record["eval_data"], "eval_data"))
     current = source
     for n, (kind, opts) in enumerate(steps, 1):
         if kind == "export":

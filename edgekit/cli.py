@@ -78,18 +78,16 @@ def _convert_recipe(args: argparse.Namespace) -> int:
     if args.save_recipe:
         rc.write(recipe, args.save_recipe)
     log = None if args.quiet else (lambda msg: print(f"edgekit: {msg}", file=sys.stderr))
-    result = rc.run(recipe, resume=args.resume, threads=args.threads, log=log, progress=not args.quiet)
+    _torch_threads(args.threads)
+    result = rc.run(recipe, resume=args.resume, log=log, progress=not args.quiet)
     if not dist.is_main():
         return 0
     if result.student_dir is not None and result.student_dir != result.output:
         print(f"HF student: {result.student_dir}")
-    if result.export is not None and (recipe.eval_data or recipe.source == "demo"):
-        from edgekit.converters.recipe import _data, _source
-
-        data = _data(recipe.eval_data or ["demo:heldout"], "eval_data")
+    if result.export is not None and result.eval_data:
         windows = args.eval_windows or (200 if result.output.suffix == ".gguf" else 24)
-        print("against the teacher: " + _compression_report(_source(recipe), result.export, data, windows,
-                                                            quiet=args.quiet))
+        print("against the teacher: " + _compression_report(result.teacher, result.export, result.eval_data,
+                                                            windows, quiet=args.quiet))
     return 0
 
 
@@ -164,10 +162,7 @@ def _convert_pte(args: argparse.Namespace) -> int:
             raise EdgekitError("--qat needs calibration text: --qat-data FILE|DIR")
         defaults = QatConfig(data=[])
         qat = QatConfig(data=list(data), steps=args.qat_steps or defaults.steps, lr=args.qat_lr or defaults.lr)
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _torch_threads(args.threads)
     result = export_pte(PteConfig(
         source=args.source, output=args.output, quant=quant, group_size=args.group_size or 32,
         embedding_quant=args.embedding_quant, max_seq_len=args.max_seq_len, name=args.name, qat=qat,

@@ -124,7 +124,7 @@ def test_a_2_4_mask_stays_2_4_through_distillation(tiny_models, tmp_path):
 
     r = _run("convert", str(tiny_models["phi3"]), "-o", str(tmp_path / "s"), "--sparsify", "method=wanda,pattern=2:4",
              "--distill", TINY_DISTILL + ",lr=0.01", "--data", DATA, "--threads", "1", "-q")
-    assert "sparsity 50.0 % kept" in r.stdout
+    assert "sparsity 50.0 % (zeros kept)" in r.stdout
     student = tmp_path / "s"
     m = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
     masks = masks_from_dir(student, m)
@@ -165,8 +165,7 @@ def test_shipped_recipes_are_valid(path):
     r = rc.load(path)
     steps, record = rc._resolved(r)
     rc._check_steps(steps, rc._source(r))  # every option is known and in range, the data exists
-    assert record["steps"][-1] == {"export": steps[-1][1]}
-    assert rc.describe(record).startswith("demo: ")
+    assert [k for k, _ in steps][-1] == "export" and Path(r.output).suffix == ".gguf"
 
 
 @pytest.mark.parametrize("text, message", [
