@@ -50,16 +50,16 @@ print(json.dumps({
 
 
 def _convert_demo(workdir: Path) -> tuple[Path, Path]:
-    from edgekit.converters.executorch_export import PteConfig, export_pte
-    from edgekit.converters.gguf_export import ConvertConfig, convert
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
+    from edgekit.converters.pte.export import PteConfig, export_pte
     from edgekit.demo import model_dir
 
     workdir.mkdir(parents=True, exist_ok=True)
     gguf, pte = workdir / "demo.gguf", workdir / "demo.pte"
     if not gguf.exists():
-        convert(ConvertConfig(source=model_dir(), output=gguf, quant="q4_k_m", progress=False, name="edgekit-demo"))
+        write_gguf(model_dir(), gguf, GGUFConfig(quant="q4_k_m", name="edgekit-demo"), progress=False)
     if not pte.exists():
-        export_pte(PteConfig(source=model_dir(), output=pte, quant="8da4w", name="edgekit-demo"))
+        export_pte(model_dir(), pte, PteConfig(quant="8da4w", name="edgekit-demo"))
     return gguf, pte
 
 

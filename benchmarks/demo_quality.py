@@ -18,12 +18,12 @@ from pathlib import Path
 
 from report import write_report  # benchmarks/report.py (scripts run from this folder)
 
-from edgekit.converters import imatrix
-from edgekit.converters.gguf_export import ConvertConfig, convert
+from edgekit.converters.gguf import imatrix
+from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 from edgekit.demo import corpus, model_dir
-from edgekit.evaluate import evaluate
-from edgekit.inspect import inspect_gguf
-from edgekit.llamacpp import quantize as llama_quantize
+from edgekit.eval import EvalConfig, evaluate
+from edgekit.inspect.gguf import inspect_gguf
+from edgekit.runtime.backends.llamacpp import quantize as llama_quantize
 
 SCHEMES = ["f16", "q8_0", "q6_k", "q4_k_m", "q4_k"]
 IMATRIX_SCHEMES = ["q4_k_m", "q4_k"]
@@ -49,36 +49,36 @@ def main() -> None:
     importance = imatrix.importance(stats)
 
     f16 = work / "edgekit-f16.gguf"
-    convert(ConvertConfig(demo, f16, quant="f16", progress=False))
+    write_gguf(demo, f16, GGUFConfig(quant="f16"), progress=False)
     files: list[tuple[str, str, Path]] = []
     for scheme in SCHEMES:
         ours = f16 if scheme == "f16" else work / f"edgekit-{scheme}.gguf"
         if scheme != "f16":
-            convert(ConvertConfig(demo, ours, quant=scheme, progress=False))
+            write_gguf(demo, ours, GGUFConfig(quant=scheme), progress=False)
         files.append((scheme, "edgekit", ours))
         if scheme != "f16":
             files.append((scheme, "llama.cpp", llama_quantize(f16, work / f"llama-{scheme}.gguf", scheme)))
     for scheme in IMATRIX_SCHEMES:
         ours = work / f"edgekit-{scheme}-imatrix.gguf"
-        convert(ConvertConfig(demo, ours, quant=scheme, imatrix=im_path, progress=False))
+        write_gguf(demo, ours, GGUFConfig(quant=scheme, imatrix=im_path), progress=False)
         files.append((f"{scheme} + imatrix", "edgekit", ours))
         theirs = llama_quantize(f16, work / f"llama-{scheme}-imatrix.gguf", scheme, importance=importance)
         files.append((f"{scheme} + imatrix", "llama.cpp", theirs))
 
-    from edgekit.converters.executorch_export import PteConfig, export_pte
+    from edgekit.converters.pte.export import PteConfig, export_pte
 
     for label, emb in (("8da4w (.pte)", None), ("8da4w + 4w embeddings (.pte)", "4w")):
         pte = work / f"demo-8da4w{'-emb4w' if emb else ''}" / "model.pte"  # one dir each: tokenizer sidecars
         pte.parent.mkdir(exist_ok=True)
-        export_pte(PteConfig(source=demo, output=pte, quant="8da4w", group_size=32, embedding_quant=emb,
-                             max_seq_len=args.ctx))
+        export_pte(demo, pte, PteConfig(quant="8da4w", group_size=32, embedding_quant=emb, max_seq_len=args.ctx))
         files.append((label, "ExecuTorch", pte))
 
-    base = evaluate(demo, heldout, ctx=args.ctx, max_windows=args.max_windows, progress=False)
+    base = evaluate(demo, EvalConfig(data=heldout, ctx=args.ctx, max_windows=args.max_windows), progress=False)
     rows = []
     for scheme, tool, path in files:
         t = time.perf_counter()
-        r = evaluate(path, heldout, ref=demo, ctx=args.ctx, max_windows=args.max_windows, progress=False)
+        r = evaluate(path, EvalConfig(data=heldout, ref=demo, ctx=args.ctx, max_windows=args.max_windows),
+                     progress=False)
         rows.append((scheme, tool, path, r))
         print(f"{scheme:<18} {tool:<9} PPL {r.ppl:.3f}  ΔPPL {r.delta_ppl_pct:+.2f}%  KL {r.kl_mean:.5f}  "
               f"top-1 {100 * r.top1:.2f}%  ({time.perf_counter() - t:.0f} s)", file=sys.stderr)

@@ -3,7 +3,7 @@
 On the demo teacher (a 5.8M-param Llama trained on the Python standard library), every run sees the same
 batches of the demo's *training* split (same seed, same steps, same tokens, same LR schedule); every
 perplexity is on the demo's *held-out* split (files never trained on), 200 windows of 256 tokens, scored by
-`edgekit.evaluate` on the saved student (stored in fp16, as the teacher is).
+`edgekit.eval` on the saved student (stored in fp16, as the teacher is).
 
 1. A student about half the teacher's size (4 layers instead of 6, FFN 384 instead of 768), randomly
    initialised, trained for N steps from scratch on hard labels (alpha = 0) vs distilled from the teacher
@@ -20,15 +20,16 @@ import argparse
 import platform
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from report import write_report  # benchmarks/report.py (scripts run from this folder)
 
-from edgekit.converters.distill import DistillConfig, distill
-from edgekit.converters.prune import PruneConfig, prune
+from edgekit.converters.compress.distill import DistillConfig, distill
+from edgekit.converters.compress.prune import PruneConfig, prune
 from edgekit.demo import corpus, model_dir
-from edgekit.evaluate import evaluate
+from edgekit.eval import EvalConfig, evaluate
 
 HALF = {"num_hidden_layers": 4, "intermediate_size": 384}
 
@@ -56,19 +57,19 @@ def main() -> None:
 
     def score(path: Path) -> tuple[float, float, float]:
         """(held-out PPL, mean KL(teacher || model), top-1 agreement with the teacher)."""
-        r = evaluate(path, heldout, ref=teacher, ctx=256, max_windows=args.max_windows, progress=False)
+        r = evaluate(path, EvalConfig(data=heldout, ref=teacher, ctx=256, max_windows=args.max_windows), progress=False)
         return r.ppl, r.kl_mean, r.top1
 
     def train_student(name: str, student, alpha: float, lr: float, beta: float = 0.0):
         cfg = DistillConfig(data=train, eval_data=heldout, steps=args.steps, batch_size=args.batch_size, lr=lr,
                             alpha=alpha, temperature=args.temperature, beta=beta, heldout_windows=8,
                             weight_decay=0.1)
-        r = distill(teacher, args.work_dir / name, cfg, student=student, progress=False,
-                    log=lambda m: print(f"{name}: {m}", flush=True))
+        r = distill(teacher, args.work_dir / name, replace(cfg, student=student),
+                    progress=False, log=lambda m: print(f"{name}: {m}", flush=True))
         print(r.summary(), flush=True)
         return r, score(args.work_dir / name)
 
-    p_teacher = evaluate(teacher, heldout, ctx=256, max_windows=args.max_windows, progress=False).ppl
+    p_teacher = evaluate(teacher, EvalConfig(data=heldout, ctx=256, max_windows=args.max_windows), progress=False).ppl
     n_teacher = sum(p.numel() for p in _params(teacher))
     print(f"teacher: {n_teacher / 1e6:.2f}M params, held-out PPL {p_teacher:.3f}", flush=True)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import os
 import platform
 import statistics
@@ -28,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from edgekit import kernels as K
-from edgekit import quantize_native as qn
+from edgekit.native import kernels as K
+from edgekit.native import quantize as qn
+from edgekit.testing.ggml import Ggml
 
 GIB = 1 << 30
 
@@ -98,111 +98,6 @@ def read_bandwidth(threads: int, reps: int = 5) -> tuple[float, str]:
             list(pool.map(one, parts))
             times.append(time.perf_counter() - t)
     return a.nbytes / statistics.median(times) / 1e9, how
-
-
-# ---- ggml through ctypes -------------------------------------------------------------------------
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
-class _ThreadpoolParams(ctypes.Structure):
-    _fields_ = [("cpumask", ctypes.c_bool * 512), ("n_threads", ctypes.c_int), ("prio", ctypes.c_int),
-                ("poll", ctypes.c_uint32), ("strict_cpu", ctypes.c_bool), ("paused", ctypes.c_bool)]
-
-
-class _Cplan(ctypes.Structure):
-    _fields_ = [("work_size", ctypes.c_size_t), ("work_data", ctypes.c_void_p), ("n_threads", ctypes.c_int),
-                ("threadpool", ctypes.c_void_p), ("abort_callback", ctypes.c_void_p),
-                ("abort_callback_data", ctypes.c_void_p), ("use_ref", ctypes.c_bool)]
-
-
-class Ggml:
-    """The few ggml calls a mul_mat graph needs. Tensors are views (no_alloc) onto our numpy buffers:
-    ggml reads the very bytes edgekit reads."""
-
-    def __init__(self) -> None:
-        spec = importlib.util.find_spec("llama_cpp")
-        if spec is None or spec.origin is None:
-            raise RuntimeError("llama-cpp-python is not installed")
-        libdir = Path(spec.origin).parent / "lib"
-        self.base = ctypes.CDLL(str(libdir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-        self.cpu = ctypes.CDLL(str(libdir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
-        vp, b, c = ctypes.c_void_p, self.base, self.cpu
-        b.ggml_init.restype, b.ggml_init.argtypes = vp, [_InitParams]
-        b.ggml_free.argtypes = [vp]
-        b.ggml_new_tensor_2d.restype = vp
-        b.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-        b.ggml_new_tensor_1d.restype, b.ggml_new_tensor_1d.argtypes = vp, [vp, ctypes.c_int, ctypes.c_int64]
-        b.ggml_get_data.restype, b.ggml_get_data.argtypes = vp, [vp]
-        b.ggml_mul_mat.restype, b.ggml_mul_mat.argtypes = vp, [vp, vp, vp]
-        b.ggml_new_graph_custom.restype, b.ggml_new_graph_custom.argtypes = vp, [vp, ctypes.c_size_t, ctypes.c_bool]
-        b.ggml_graph_overhead_custom.restype = ctypes.c_size_t
-        b.ggml_graph_overhead_custom.argtypes = [ctypes.c_size_t, ctypes.c_bool]
-        b.ggml_tensor_overhead.restype = ctypes.c_size_t
-        b.ggml_build_forward_expand.argtypes = [vp, vp]
-        b.ggml_threadpool_params_default.restype = _ThreadpoolParams
-        b.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
-        c.ggml_cpu_init.argtypes = []
-        c.ggml_threadpool_new.restype = vp
-        c.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
-        c.ggml_threadpool_free.argtypes = [vp]
-        c.ggml_graph_plan.restype, c.ggml_graph_plan.argtypes = _Cplan, [vp, ctypes.c_int, vp]
-        c.ggml_graph_compute.restype, c.ggml_graph_compute.argtypes = ctypes.c_int, [vp, ctypes.POINTER(_Cplan)]
-        c.ggml_cpu_init()
-        self.data_offset = self._find_data_offset()
-
-    def _find_data_offset(self) -> int:
-        """Offset of ggml_tensor.data, found rather than assumed (the struct changes between versions)."""
-        ctx = self.base.ggml_init(_InitParams(1 << 20, None, False))
-        t = self.base.ggml_new_tensor_1d(ctx, 0, 16)
-        ptr = self.base.ggml_get_data(t).to_bytes(8, "little")
-        raw = ctypes.string_at(t, 512)
-        self.base.ggml_free(ctx)
-        off = raw.find(ptr)
-        if off < 0 or off % 8:
-            raise RuntimeError("could not locate ggml_tensor.data")
-        return off
-
-    def _set_data(self, tensor: int, addr: int) -> None:
-        ctypes.c_void_p.from_address(tensor + self.data_offset).value = addr
-
-    def gemv_graph(self, qt: QT, w: np.ndarray, count: int, mbytes: int, shape, x: np.ndarray, y: np.ndarray,
-                   threads: int, poll: int | None = None):
-        """A runner computing y[i] = x @ W_i.T for the `count` matrices laid out back to back in w
-        (x: (ntokens, ncols) float32, y: (count, ntokens, nrows))."""
-        nrows, ncols = shape
-        size = count + 8
-        ctx = self.base.ggml_init(_InitParams(3 * size * self.base.ggml_tensor_overhead()
-                                              + self.base.ggml_graph_overhead_custom(4 * size, False), None, True))
-        gf = self.base.ggml_new_graph_custom(ctx, 4 * size, False)
-        ntok = x.size // ncols
-        xt = self.base.ggml_new_tensor_2d(ctx, 0, ncols, ntok)
-        self._set_data(xt, x.ctypes.data)
-        for i in range(count):
-            wt = self.base.ggml_new_tensor_2d(ctx, int(qt), ncols, nrows)
-            self._set_data(wt, w.ctypes.data + i * mbytes)
-            out = self.base.ggml_mul_mat(ctx, wt, xt)
-            self._set_data(out, y.ctypes.data + i * ntok * nrows * 4)
-            self.base.ggml_build_forward_expand(gf, out)
-        tp_params = self.base.ggml_threadpool_params_default(threads)
-        if poll is not None:
-            tp_params.poll = poll
-        tp = self.cpu.ggml_threadpool_new(ctypes.byref(tp_params))
-        plan = self.cpu.ggml_graph_plan(gf, threads, tp)
-        work = np.empty(max(plan.work_size, 1), dtype=np.uint8)
-        plan.work_data = work.ctypes.data
-
-        def run() -> None:
-            rc = self.cpu.ggml_graph_compute(gf, ctypes.byref(plan))
-            if rc != 0:
-                raise RuntimeError(f"ggml_graph_compute: status {rc}")
-
-        def close() -> None:
-            self.cpu.ggml_threadpool_free(tp)
-            self.base.ggml_free(ctx)
-
-        run.keep = (work, tp_params)  # alive as long as the runner
-        return run, close
 
 
 # ---- the benchmark -------------------------------------------------------------------------------

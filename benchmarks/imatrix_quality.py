@@ -17,7 +17,6 @@ benchmarks/results/imatrix_quality.md.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import platform
@@ -30,8 +29,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from edgekit.converters import imatrix
-from edgekit.synth.tokenizers import build_tokenizer, training_files
+from edgekit.converters.gguf import imatrix
+from edgekit.runtime.backends.llamacpp import quantize as llama_quantize
+from edgekit.testing.tokenizers import build_tokenizer, training_files
 
 # Never trained on and never used for calibration. They sort after io.py, where the tokenizer's
 # 2 MB training excerpt of the same sorted list ends, so the tokenizer has not seen them either.
@@ -147,40 +147,17 @@ def kind(name: str) -> str:
 
 def perplexity(path: Path, windows: list[list[int]], threads: int) -> tuple[float, np.ndarray]:
     """Perplexity over all windows, and each window's mean negative log-likelihood (for paired comparisons)."""
-    from llama_cpp import Llama
+    from edgekit.runtime.backends.llamacpp import LlamaCppModel
 
-    llm = Llama(model_path=str(path), n_ctx=SEQ, n_batch=SEQ, logits_all=True, type_k=0, type_v=0,
-                n_threads=threads, n_threads_batch=threads, verbose=False)
     per_window = []
-    try:
+    with LlamaCppModel(path, n_ctx=SEQ, n_batch=SEQ, kv_f32=True, flash_attn=False, threads=threads) as llm:
         for w in windows:
-            llm.reset()
-            llm.eval(w)
-            logits = np.array(llm.scores[: len(w) - 1], dtype=np.float64)
+            logits = llm.logits_all(w)[: len(w) - 1].astype(np.float64)
             m = logits.max(1, keepdims=True)
             lse = (m[:, 0] + np.log(np.exp(logits - m).sum(1)))
             per_window.append(float((lse - logits[np.arange(len(w) - 1), w[1:]]).mean()))
-    finally:
-        llm.close()
     nll = np.array(per_window)
     return math.exp(nll.mean()), nll  # windows are equally long: the mean of means is the token mean
-
-
-def llama_cpp_quantize(src: Path, dst: Path, ftype: gguf.LlamaFileType, imp: dict[str, np.ndarray],
-                       pure: bool) -> Path:
-    """llama.cpp's own imatrix-weighted quantization of our F32 file (llama-quantize --imatrix)."""
-    import llama_cpp
-
-    names = sorted(imp)
-    arrays = [np.ascontiguousarray(imp[n], dtype=np.float32) for n in names]
-    entries = (llama_cpp.llama_model_imatrix_data * (len(names) + 1))()  # ends with a NULL name
-    for e, name, a in zip(entries, names, arrays, strict=False):
-        e.name, e.data, e.size = name.encode(), a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), a.size
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread, params.pure, params.imatrix = int(ftype), 2, pure, entries
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0:
-        sys.exit(f"llama_model_quantize failed for {dst}")
-    return dst
 
 
 def same_tensors(a: Path, b: Path) -> tuple[int, int, list[str]]:
@@ -238,10 +215,10 @@ def main() -> None:
 
     log("llama.cpp's own imatrix quantization of the F32 file, for comparison")
     ident = {
-        "q4_k + imatrix": same_tensors(files["q4_k + imatrix"], llama_cpp_quantize(
-            files["F32"], work / "llamacpp-q4_k-imatrix.gguf", gguf.LlamaFileType.MOSTLY_Q4_K_S, calib_imp, True)),
-        "q4_k_m + imatrix": same_tensors(files["q4_k_m + imatrix"], llama_cpp_quantize(
-            files["F32"], work / "llamacpp-q4_k_m-imatrix.gguf", gguf.LlamaFileType.MOSTLY_Q4_K_M, calib_imp, False)),
+        "q4_k + imatrix": same_tensors(files["q4_k + imatrix"], llama_quantize(
+            files["F32"], work / "llamacpp-q4_k-imatrix.gguf", "q4_k", importance=calib_imp)),
+        "q4_k_m + imatrix": same_tensors(files["q4_k_m + imatrix"], llama_quantize(
+            files["F32"], work / "llamacpp-q4_k_m-imatrix.gguf", "q4_k_m", importance=calib_imp)),
     }
 
     log("weight errors and perplexities")

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from report import write_report  # benchmarks/report.py (scripts run from this folder)
 
-from edgekit.converters.prune import PruneConfig, prune
+from edgekit.converters.compress.prune import PruneConfig, prune
 from edgekit.demo import corpus, model_dir
-from edgekit.evaluate import evaluate
+from edgekit.eval import EvalConfig, evaluate
 
 # (label, what to remove)
 PLANS = [("FFN 50 %", dict(ffn=0.5)), ("heads 50 % (1 of 2 KV groups)", dict(heads=0.5)),
@@ -42,7 +42,7 @@ def main() -> None:
     args.work_dir.mkdir(parents=True)
 
     def ppl(path: Path) -> tuple[float, int]:
-        r = evaluate(path, heldout, ctx=args.ctx, max_windows=args.max_windows, progress=False)
+        r = evaluate(path, EvalConfig(data=heldout, ctx=args.ctx, max_windows=args.max_windows), progress=False)
         return r.ppl, r.tokens
 
     base, tokens = ppl(demo)

@@ -49,11 +49,11 @@ from pathlib import Path
 src, out, kw = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 t = time.perf_counter()
 if out.suffix == ".pte":
-    from edgekit.converters.executorch_export import PteConfig, export_pte
-    export_pte(PteConfig(source=src, output=out, **kw))
+    from edgekit.converters.pte.export import PteConfig, export_pte
+    export_pte(src, out, PteConfig(**kw))
 else:
-    from edgekit.converters.gguf_export import ConvertConfig, convert
-    convert(ConvertConfig(source=src, output=out, progress=False, **kw))
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
+    write_gguf(src, out, GGUFConfig(**kw), progress=False)
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss": hwm()}))
 """
 
@@ -72,8 +72,8 @@ def report(load_s, prefill_s, steps, baseline_rss):
 """
 
 _ET_CHILD = _RUN_COMMON + """
-from edgekit.runtime_et import EtModel, _register_kernels
-_register_kernels()
+from edgekit.runtime.backends.executorch import EtModel, register_kernels
+register_kernels()
 from executorch.extension.pybindings import portable_lib
 portable_lib._unsafe_reset_threadpool(threads)
 assert portable_lib._threadpool_get_thread_count() == threads
@@ -89,22 +89,18 @@ report(load_s, prefill_s, steps, base)
 """
 
 _LLAMA_CHILD = _RUN_COMMON + """
-from llama_cpp import Llama
+from edgekit.runtime.backends.llamacpp import LlamaCppModel
 base = hwm()
 t = time.perf_counter()
-llm = Llama(model_path=path, n_ctx=int(sys.argv[5]), n_batch=prompt_len, n_ubatch=prompt_len, n_threads=threads,
-            n_threads_batch=threads, verbose=False)
+# (the model's first forward pass, llama.cpp's graph setup, is part of loading: LlamaCppModel runs it)
+m = LlamaCppModel(path, n_ctx=int(sys.argv[5]), n_batch=prompt_len, threads=threads, flash_attn=False)
 load_s = time.perf_counter() - t
-n_vocab = llm.n_vocab()
-def last_logits():
-    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
-llm.eval(prompt); llm.eval([1]); llm.reset()  # warm-up (first-call setup), then start over at 0
-t = time.perf_counter(); llm.eval(prompt); prefill_s = time.perf_counter() - t
-logits = last_logits()
+m.prefill(prompt); m.reset()  # warm-up, then start over at 0
+t = time.perf_counter(); logits = m.prefill(prompt); prefill_s = time.perf_counter() - t
 steps = []
 for _ in range(n_decode):
     tok = int(np.argmax(logits))
-    t = time.perf_counter(); llm.eval([tok]); logits = last_logits(); steps.append(time.perf_counter() - t)
+    t = time.perf_counter(); logits = m.decode(tok); steps.append(time.perf_counter() - t)
 report(load_s, prefill_s, steps, base)
 """
 
@@ -122,7 +118,7 @@ def build_checkpoint(work: Path, shape: str) -> Path:
     hf = work / f"{shape}-hf"
     if (hf / "config.json").exists():
         return hf
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.testing.models import build_tiny_model
 
     hidden, ffn, layers, heads, kv, vocab = SHAPES[shape]
     t = time.perf_counter()
@@ -201,8 +197,8 @@ def main() -> None:
         "int4 weights, group 32, embeddings float32. pte-8da4w-emb4w: the same plus int4 embeddings (group 32). "
         "gguf-q4_k_m: llama.cpp's Q4_K_M mix (edgekit's converter), llama.cpp's default F16 KV cache.",
         "- .pte programs use ExecuTorch's LLM custom ops (llama::update_cache, llama::custom_sdpa) and return only "
-        "the last position's logits; the ExecuTorch runtime is driven from Python (edgekit.runtime_et), "
-        "llama.cpp through llama-cpp-python; both pay a Python call per token.",
+        "the last position's logits; the ExecuTorch runtime is driven from Python "
+        "(edgekit.runtime.backends.executorch), llama.cpp through llama-cpp-python; both pay a Python call per token.",
         "- \"RSS before load\" is the process after importing the runtime (for ExecuTorch's Python bindings "
         "that includes torch); an on-device C++ runner would not carry it.",
         f"- llama.cpp ran with OMP_WAIT_POLICY={args.omp_wait_policy or '(unset: its default, spinning threads)'}. "

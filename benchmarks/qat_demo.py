@@ -2,7 +2,7 @@
 (post-training quantization) vs QAT, scored in the ExecuTorch runtime on the demo's held-out split.
 
 QAT fine-tunes on the demo's *training* files only (distilling from the float model, see
-edgekit/converters/qat.py); the held-out files are never seen.
+converters/pte/qat.py); the held-out files are never seen.
 
     python benchmarks/qat_demo.py            # writes benchmarks/results/qat_demo.md
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from report import write_report  # benchmarks/report.py (scripts run from this folder)
 
-from edgekit.converters.executorch_export import PteConfig, export_pte
-from edgekit.converters.qat import QatConfig
+from edgekit.converters.pte.export import PteConfig, export_pte
+from edgekit.converters.pte.qat import QatConfig
 from edgekit.demo import corpus, model_dir
-from edgekit.evaluate import evaluate
+from edgekit.eval import EvalConfig, evaluate
 
 # (label, group size, embedding scheme)
 SCHEMES = [("8da4w g32", 32, None), ("8da4w g128 + 4w embeddings", 128, "4w")]
@@ -38,17 +38,19 @@ def main() -> None:
     train, heldout = corpus.split()
     qat = QatConfig(data=train, steps=args.steps, lr=args.lr)
 
-    base = evaluate(demo, heldout, ctx=args.ctx, max_windows=args.max_windows, progress=False)
+    base = evaluate(demo, EvalConfig(data=heldout, ctx=args.ctx, max_windows=args.max_windows), progress=False)
     rows = []
     for label, group, emb in SCHEMES:
         for method in ("PTQ", "QAT"):
             pte = args.work_dir / f"{label.replace(' ', '_').replace('+', '')}-{method}" / "model.pte"
             pte.parent.mkdir(parents=True, exist_ok=True)
             t = time.perf_counter()
-            res = export_pte(PteConfig(source=demo, output=pte, quant="8da4w", group_size=group, embedding_quant=emb,
-                                       max_seq_len=args.ctx, qat=qat if method == "QAT" else None, progress=False))
+            cfg = PteConfig(quant="8da4w", group_size=group, embedding_quant=emb, max_seq_len=args.ctx,
+                            qat=qat if method == "QAT" else None)
+            res = export_pte(demo, pte, cfg, progress=False)
             seconds = time.perf_counter() - t
-            r = evaluate(pte, heldout, ref=demo, ctx=args.ctx, max_windows=args.max_windows, progress=False)
+            r = evaluate(pte, EvalConfig(data=heldout, ref=demo, ctx=args.ctx, max_windows=args.max_windows),
+                         progress=False)
             rows.append((label, method, res, seconds, r))
             print(f"{label:<28} {method} PPL {r.ppl:.3f} ({r.delta_ppl_pct:+.2f} %) KL {r.kl_mean:.5f} "
                   f"top-1 {100 * r.top1:.2f} %  export {seconds:.0f} s", file=sys.stderr)

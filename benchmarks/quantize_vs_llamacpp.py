@@ -24,34 +24,33 @@ SHAPES = {
     "qwen2.5-0.5b": (896, 4864, 24, 14, 2, 151936, True),
     "llama-200m": (1024, 4096, 12, 16, 4, 32000, False),
 }
-FTYPES = {"q4_k_m": 15, "q8_0": 7, "q6_k": 18}
+SCHEMES = ("q4_k_m", "q8_0", "q6_k")
 
 _EDGEKIT_CHILD = """
 import json, sys, time, resource
 
-from edgekit.converters.gguf_export import ConvertConfig, convert
+from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 t = time.perf_counter()
-convert(ConvertConfig(source=sys.argv[1], output=sys.argv[2], quant=sys.argv[3], threads=int(sys.argv[4]),
-                      progress=False))
+write_gguf(sys.argv[1], sys.argv[2], GGUFConfig(quant=sys.argv[3], threads=int(sys.argv[4])), progress=False)
 print(json.dumps({"seconds": time.perf_counter() - t,
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 _LLAMA_CHILD = """
 import json, sys, time, resource
-import llama_cpp
-p = llama_cpp.llama_model_quantize_default_params()
-p.ftype = int(sys.argv[3]); p.nthread = int(sys.argv[4])
+from edgekit.runtime.backends.llamacpp import llama_cpp, quantize
+llama_cpp()  # imported before the clock starts, as for edgekit
 t = time.perf_counter()
-rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p)
-assert rc == 0, rc
+quantize(sys.argv[1], sys.argv[2], sys.argv[3], threads=int(sys.argv[4]))
 print(json.dumps({"seconds": time.perf_counter() - t,
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 _BASELINE_CHILD = """
 import json, resource
-import edgekit.converters.gguf_export, llama_cpp  # noqa: F401  (import cost alone)
+import edgekit.converters.gguf.writer  # noqa: F401  (import cost alone)
+from edgekit.runtime.backends.llamacpp import llama_cpp
+llama_cpp()
 print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
@@ -68,8 +67,8 @@ def build_f32_gguf(work: Path, shape: str) -> Path:
     f32 = work / f"{shape}-f32.gguf"
     if f32.exists():
         return f32
-    from edgekit.converters.gguf_export import ConvertConfig, convert
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
+    from edgekit.testing.models import build_tiny_model
 
     hidden, ffn, layers, heads, kv, vocab, tied = SHAPES[shape]
     hf = work / f"{shape}-hf"
@@ -79,7 +78,7 @@ def build_f32_gguf(work: Path, shape: str) -> Path:
                          kv_heads=kv, dtype="bfloat16", max_shard_size="2GB", model_vocab=vocab,
                          tie_word_embeddings=tied, rope_parameters={"rope_type": "default", "rope_theta": 5e5})
         print(f"built random {shape} checkpoint in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    res = convert(ConvertConfig(source=hf, output=f32, quant="f32", progress=False))
+    res = write_gguf(hf, f32, GGUFConfig(quant="f32"), progress=False)
     print(f"HF -> F32 GGUF: {res.summary()}", file=sys.stderr)
     return f32
 
@@ -103,7 +102,7 @@ def compare(a: Path, b: Path) -> tuple[int, int, list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="llama-3.2-1b", choices=list(SHAPES))
-    ap.add_argument("--quant", default="q4_k_m", choices=list(FTYPES))
+    ap.add_argument("--quant", default="q4_k_m", choices=SCHEMES)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="runs per tool; the best time counts")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/edgekit-bench"))
@@ -118,7 +117,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"edgekit": [], "llama.cpp": []}
     for _ in range(args.repeat):  # interleaved, so drift in machine load hits both alike
         runs["edgekit"].append(child(_EDGEKIT_CHILD, str(f32), str(ours), args.quant, str(args.threads)))
-        runs["llama.cpp"].append(child(_LLAMA_CHILD, str(f32), str(theirs), str(FTYPES[args.quant]),
+        runs["llama.cpp"].append(child(_LLAMA_CHILD, str(f32), str(theirs), args.quant,
                                        str(args.threads)))
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     same, total, diff = compare(ours, theirs)

@@ -1,4 +1,5 @@
-"""Supported architectures: how a Hugging Face checkpoint maps onto llama.cpp's GGUF names.
+"""Supported architectures, the one table: how a Hugging Face checkpoint maps onto llama.cpp's GGUF names,
+and what every step (export, pruning, sparsity, distillation) needs to know about its layout.
 
 Everything architecture-specific is data in this file. Adding an architecture means adding a
 tensor-name table (HF pattern -> GGUF pattern, ``{bid}`` is the block index) and one `Arch` entry.
@@ -63,12 +64,18 @@ class Arch:
 
     gguf_arch: str
     tensors: dict[str, str]
+    label: str                    # the family's name in messages
     # llama.cpp's "llama" graph applies RoPE to interleaved pairs; HF rotates halves. The q/k
     # rows must be permuted for it (the NEOX-style archs qwen2/qwen3/phi3 use HF's layout as is).
     permute_qk: bool = False
     # Write attention.key_length/value_length (head_dim not equal to hidden/heads is allowed).
     explicit_head_dim: bool = False
     sliding_window: bool = False
+    # q/k/v in one matrix and gate/up in another (Phi-3): pruning slices them in parts.
+    fused: bool = False
+    # llama.cpp's graph sizes the q/o projections from hidden_size, so heads x head_dim must equal it: a model
+    # with fewer heads would load in transformers but not in llama.cpp.
+    fixed_heads: bool = False
 
     @cached_property
     def patterns(self) -> list[tuple[re.Pattern[str], str]]:
@@ -103,11 +110,11 @@ def _lookup(patterns: list[tuple[re.Pattern[str], str]], name: str) -> str:
 
 
 ARCHITECTURES: dict[str, Arch] = {
-    "LlamaForCausalLM": Arch("llama", _LLAMA_TENSORS, permute_qk=True),
-    "MistralForCausalLM": Arch("llama", _LLAMA_TENSORS, permute_qk=True),
-    "Qwen2ForCausalLM": Arch("qwen2", {**_LLAMA_TENSORS, **_QKV_BIAS}),
-    "Qwen3ForCausalLM": Arch("qwen3", {**_LLAMA_TENSORS, **_QK_NORM}, explicit_head_dim=True),
-    "Phi3ForCausalLM": Arch("phi3", _PHI3_TENSORS, sliding_window=True),
+    "LlamaForCausalLM": Arch("llama", _LLAMA_TENSORS, "Llama", permute_qk=True),
+    "MistralForCausalLM": Arch("llama", _LLAMA_TENSORS, "Mistral", permute_qk=True),
+    "Qwen2ForCausalLM": Arch("qwen2", {**_LLAMA_TENSORS, **_QKV_BIAS}, "Qwen2", fixed_heads=True),
+    "Qwen3ForCausalLM": Arch("qwen3", {**_LLAMA_TENSORS, **_QK_NORM}, "Qwen3", explicit_head_dim=True),
+    "Phi3ForCausalLM": Arch("phi3", _PHI3_TENSORS, "Phi-3", sliding_window=True, fused=True, fixed_heads=True),
 }
 
 

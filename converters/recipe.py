@@ -7,9 +7,9 @@ A recipe names a teacher, an output and the steps between them, run in order:
     data: corpus/                # text for every step that needs some (a step's own `data` wins)
     eval_data: heldout/          # optional: the final report's held-out text
     steps:
-      - prune: {ffn: 0.5, heads: 0.25}                  # structured (edgekit.converters.prune)
-      - sparsify: {method: wanda, pattern: "2:4"}       # unstructured (edgekit.converters.sparsify)
-      - distill: {steps: 2000, alpha: 0.5, temperature: 2.0}   # edgekit.converters.distill
+      - prune: {ffn: 0.5, heads: 0.25}                  # structured (edgekit.converters.compress.prune)
+      - sparsify: {method: wanda, pattern: "2:4"}       # unstructured (edgekit.converters.compress.sparsify)
+      - distill: {steps: 2000, alpha: 0.5, temperature: 2.0}   # edgekit.converters.compress.distill
       - export: {quant: q4_k_m}                         # GGUF or .pte, by the output's suffix
 
 Relative paths are relative to the recipe file. "demo:train" and "demo:heldout" name the demo corpus's
@@ -34,17 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.converters import distributed as dist
+from edgekit.converters.compress import distributed as dist
 from edgekit.errors import EdgekitError
+from edgekit.io.output import check_output_dir, check_output_path
 
 FORMAT = "edgekit-recipe"
 VERSION = 1
 RECORD = "edgekit_recipe.json"     # the recipe as stored in a student directory
 STEP_ORDER = ("prune", "sparsify", "distill", "export")
 _EXPORT_KEYS = {"quant", "imatrix", "group_size", "embedding_quant", "max_seq_len", "name"}
-_DISTILL_EXTRA = {"student"}  # distill options that are not DistillConfig fields
-_CONFIGS = {"prune": "edgekit.converters.prune:PruneConfig", "sparsify": "edgekit.converters.sparsify:SparsifyConfig",
-            "distill": "edgekit.converters.distill:DistillConfig"}
+_CONFIGS = {"prune": "edgekit.converters.compress.prune:PruneConfig",
+            "sparsify": "edgekit.converters.compress.sparsify:SparsifyConfig",
+            "distill": "edgekit.converters.compress.distill:DistillConfig"}
 
 
 @dataclass
@@ -147,8 +148,7 @@ def from_dict(raw: Any, *, base: Path = Path("."), where: str = "recipe") -> Rec
 def _allowed(kind: str) -> set[str]:
     if kind == "export":
         return _EXPORT_KEYS
-    extra = _DISTILL_EXTRA if kind == "distill" else set()
-    return {f.name for f in dataclasses.fields(_import(_CONFIGS[kind]))} | extra
+    return {f.name for f in dataclasses.fields(_import(_CONFIGS[kind]))}
 
 
 def _import(spec: str) -> Any:
@@ -225,8 +225,6 @@ class PipelineResult:
 def run(recipe: Recipe, *, resume: bool = False, log: Callable[[str], None] | None = None,
         progress: bool = True) -> PipelineResult:
     """Run the recipe's steps in order; only rank 0 writes (under torchrun, every rank trains)."""
-    from edgekit.converters.hf_dir import check_output_dir
-
     dist.init()  # under torchrun, join the process group before the first barrier
     say = log if (log and dist.is_main()) else (lambda _msg: None)
     source = _source(recipe)
@@ -245,8 +243,6 @@ def run(recipe: Recipe, *, resume: bool = False, log: Callable[[str], None] | No
         if student_out is not None:
             check_output_dir(student_out)
         if quantized:
-            from edgekit.outfile import check_output_path
-
             check_output_path(out, out.suffix)
             _check_export(out, steps[-1][1])
         if changes:
@@ -338,7 +334,7 @@ def _check_steps(steps: list[tuple[str, dict[str, Any]]], source: Path) -> None:
     for kind, opts in steps:
         if kind == "export":
             continue
-        _make(_CONFIGS[kind], {k: v for k, v in opts.items() if k not in _DISTILL_EXTRA}, kind).check()
+        _make(_CONFIGS[kind], opts, kind).check()
         if kind == "distill" and "student" not in opts and not changed:
             raise EdgekitError(f"distill: no student for {source}: prune or sparsify first, or give `student` "
                                "(a directory, or config overrides such as {num_hidden_layers: 4})")
@@ -373,10 +369,10 @@ def _make(cls_spec: str, opts: dict[str, Any], where: str) -> Any:
 
 def _structural(kind: str, src: Path, dst: Path, opts: dict[str, Any]) -> str:
     if kind == "prune":
-        from edgekit.converters.prune import prune
+        from edgekit.converters.compress.prune import prune
 
         return prune(src, dst, _make(_CONFIGS["prune"], opts, "prune")).summary()
-    from edgekit.converters.sparsify import sparsify
+    from edgekit.converters.compress.sparsify import sparsify
 
     return sparsify(src, dst, _make(_CONFIGS["sparsify"], opts, "sparsify")).summary()
 
@@ -384,21 +380,21 @@ def _structural(kind: str, src: Path, dst: Path, opts: dict[str, Any]) -> str:
 def _distill(source: Path, current: Path, stage: Path, opts: dict[str, Any], work: Path, resume: bool, say,
              progress: bool, result: PipelineResult) -> None:
     """The teacher is the recipe's source; the student is what the earlier steps made, or `student`."""
-    from edgekit.converters.distill import distill
+    from edgekit.converters.compress.distill import distill
 
-    opts = dict(opts)
-    student = opts.pop("student", None)
     cfg = _make(_CONFIGS["distill"], opts, "distill")
-    report = distill(source, stage, cfg, student=student if student is not None else current,
-                     checkpoint_dir=work / "checkpoints", resume=resume, log=say, progress=progress)
+    if cfg.student is None:
+        cfg.student = current
+    report = distill(source, stage, cfg, checkpoint_dir=work / "checkpoints", resume=resume, log=say,
+                     progress=progress)
     if dist.is_main():
         _emit(result, report.summary())
 
 
 def _check_export(out: Path, opts: dict[str, Any]) -> None:
     """The export step's options, checked before any training starts."""
-    from edgekit.converters.executorch_export import QUANTS
-    from edgekit.converters.mix import SCHEMES
+    from edgekit.converters.gguf.mix import SCHEMES
+    from edgekit.converters.pte.export import QUANTS
 
     schemes, only_other = (SCHEMES, {"group_size", "embedding_quant", "max_seq_len"}) if out.suffix == ".gguf" \
         else (QUANTS, {"imatrix"})
@@ -412,17 +408,17 @@ def _check_export(out: Path, opts: dict[str, Any]) -> None:
 
 def _export(student: Path, out: Path, opts: dict[str, Any], record: dict[str, Any], say) -> Any:
     if out.suffix == ".gguf":
-        from edgekit.converters.gguf_export import ConvertConfig, convert
+        from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 
-        return convert(ConvertConfig(source=student, output=out, quant=opts.get("quant", "q4_k_m"),
-                                     imatrix=Path(opts["imatrix"]) if opts.get("imatrix") else None,
-                                     name=opts.get("name") or out.stem, recipe=record))
-    from edgekit.converters.executorch_export import PteConfig, export_pte
+        return write_gguf(student, out, GGUFConfig(quant=opts.get("quant", "q4_k_m"),
+                                                   imatrix=Path(opts["imatrix"]) if opts.get("imatrix") else None,
+                                                   name=opts.get("name") or out.stem, recipe=record))
+    from edgekit.converters.pte.export import PteConfig, export_pte
 
-    return export_pte(PteConfig(source=student, output=out, quant=opts.get("quant", "8da4w"),
-                                group_size=opts.get("group_size", 32), embedding_quant=opts.get("embedding_quant"),
-                                max_seq_len=opts.get("max_seq_len"), name=opts.get("name") or out.stem, log=say,
-                                recipe=record))
+    return export_pte(student, out, PteConfig(quant=opts.get("quant", "8da4w"), group_size=opts.get("group_size", 32),
+                                              embedding_quant=opts.get("embedding_quant"),
+                                              max_seq_len=opts.get("max_seq_len"), name=opts.get("name") or out.stem,
+                                              recipe=record), log=say)
 
 
 def describe(record: dict[str, Any]) -> str:

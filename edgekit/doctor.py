@@ -7,16 +7,14 @@ whose code runs it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 
 
 def report() -> dict:
     """Machine, features, levels and kernels as a plain dict (what --json prints)."""
-    from edgekit import kernels
-    from edgekit.quantize_native import version
+    from edgekit.native import kernels
+    from edgekit.native.quantize import version
 
     return {
         "libedgekit": version(),
@@ -44,18 +42,3 @@ def format_report(info: dict) -> str:
     for name, k in info["kernels"].items():
         lines.append(f"  {name:<5} {k['level']:<11} activations as {k['activations']}")
     return "\n".join(lines)
-
-
-def _run(args: argparse.Namespace) -> int:
-    info = report()
-    print(json.dumps(info, indent=2) if args.json else format_report(info))
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `edgekit doctor` on the CLI's subcommands."""
-    d = sub.add_parser("doctor", help="show the CPU features found and the matmul kernels chosen",
-                       description=__doc__.split("\n\n")[1].replace("\n", " "))
-    d.add_argument("--json", action="store_true", help="machine-readable output")
-    d.set_defaults(func=_run)
-

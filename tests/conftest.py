@@ -16,7 +16,7 @@ PROMPT = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)  # 42 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.testing.models import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
     return {a: build_tiny_model(root / a, a) for a in ARCHS}
@@ -37,16 +37,11 @@ def hf_logits(model, tokens: list[int]) -> np.ndarray:
 
 def llama_logits(gguf_path: Path, tokens: list[int]) -> np.ndarray:
     """All-position logits from llama.cpp, with an F32 KV cache so the comparison is exact."""
-    from llama_cpp import Llama
+    from edgekit.runtime.backends.llamacpp import LlamaCppModel
 
-    llm = Llama(model_path=str(gguf_path), n_ctx=128, n_batch=128, logits_all=True, type_k=0, type_v=0,
-                n_threads=min(2, os.cpu_count() or 1), verbose=False)
-    try:
-        llm.reset()
-        llm.eval(tokens)
-        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
-    finally:
-        llm.close()
+    with LlamaCppModel(gguf_path, n_ctx=128, n_batch=128, kv_f32=True, flash_attn=False,
+                       threads=min(2, os.cpu_count() or 1)) as llm:
+        return llm.logits_all(tokens)
 
 
 # -- runtime (chat / generate / serve) --------------------------------------------------------------------
@@ -58,22 +53,21 @@ PTE_CONTEXT, PTE_PREFILL = 128, 32
 @pytest.fixture(scope="session")
 def f32_ggufs(tiny_models, tmp_path_factory) -> dict[str, Path]:
     """F32 GGUFs of the tiny models: with an F32 KV cache llama.cpp computes what transformers computes."""
-    from edgekit.converters.gguf_export import ConvertConfig, convert
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 
     root = tmp_path_factory.mktemp("gguf_f32")
     out = {}
     for a in RUNTIME_ARCHS:
         out[a] = root / f"{a}.gguf"
-        convert(ConvertConfig(source=tiny_models[a], output=out[a], quant="f32", progress=False))
+        write_gguf(tiny_models[a], out[a], GGUFConfig(quant="f32"), progress=False)
     return out
 
 
 @pytest.fixture(scope="session")
 def llama_pte(tiny_models, tmp_path_factory) -> Path:
     """An fp32 .pte of the tiny Llama with a small KV cache (128) and prefill chunks of 32."""
-    from edgekit.converters.executorch_export import PteConfig, export_pte
+    from edgekit.converters.pte.export import PteConfig, export_pte
 
     out = tmp_path_factory.mktemp("pte_runtime") / "llama.pte"
-    export_pte(PteConfig(source=tiny_models["llama"], output=out, quant="fp32", max_seq_len=PTE_CONTEXT,
-                         max_prefill=PTE_PREFILL))
+    export_pte(tiny_models["llama"], out, PteConfig(quant="fp32", max_seq_len=PTE_CONTEXT, max_prefill=PTE_PREFILL))
     return out

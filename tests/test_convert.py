@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from conftest import ARCHS, hf_logits, llama_logits, prompt_tokens
 
-from edgekit.converters.gguf_export import ConvertConfig, convert
-from edgekit.llamacpp import quantize as llama_quantize
+from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
+from edgekit.runtime.backends.llamacpp import quantize as llama_quantize
 
 
 def _convert(src: Path, out: Path, quant: str) -> Path:
-    convert(ConvertConfig(source=src, output=out, quant=quant, progress=False))
+    write_gguf(src, out, GGUFConfig(quant=quant), progress=False)
     return out
 
 
@@ -50,7 +50,7 @@ def test_quantized_logits_match_dequantized_transformers(arch, quant, tiny_model
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgekit.converters.gguf_import import load_hf_with_gguf_weights
+    from edgekit.testing.gguf_weights import load_hf_with_gguf_weights
 
     src = tiny_models[arch]
     out = _convert(src, tmp_path / "m.gguf", quant)
@@ -98,7 +98,7 @@ def test_bf16_sharded_checkpoint(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.testing.models import build_tiny_model
 
     src = build_tiny_model(tmp_path / "m", "llama", dtype="bfloat16", max_shard_size="1MB")
     assert (src / "model.safetensors.index.json").exists()
@@ -115,7 +115,7 @@ def test_bf16_sharded_checkpoint(tmp_path):
 
 def test_row_length_fallbacks_match_llama_quantize(tmp_path):
     """Rows not divisible by 256 (like Qwen2.5-0.5B's 896) fall back to Q5_0 / Q8_0 as llama.cpp does."""
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.testing.models import build_tiny_model
 
     src = build_tiny_model(tmp_path / "m", "qwen2", hidden=384, heads=6, kv_heads=2, ffn=1024)
     ours = _tensors(_convert(src, tmp_path / "ours.gguf", "q4_k_m"))
@@ -129,11 +129,11 @@ def test_row_length_fallbacks_match_llama_quantize(tmp_path):
 def test_chunked_streaming_gives_identical_files(arch, tiny_models, tmp_path, monkeypatch):
     """Big tensors are converted in row chunks; chunk boundaries (incl. per-head RoPE permutation of
     q/k, and GGUF input) must not change a byte."""
-    from edgekit.converters import gguf_export
+    from edgekit.converters.gguf import writer
 
     src = tiny_models[arch]
     whole = _convert(src, tmp_path / "whole.gguf", "q4_k_m").read_bytes()
     f32 = _convert(src, tmp_path / "f32.gguf", "f32")
-    monkeypatch.setattr(gguf_export, "CHUNK_BYTES", 4096)  # a few rows per chunk
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 4096)  # a few rows per chunk
     assert _convert(src, tmp_path / "chunked.gguf", "q4_k_m").read_bytes() == whole
     assert _convert(f32, tmp_path / "f32-chunked.gguf", "f32").read_bytes() == f32.read_bytes()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def test_kd_loss_matches_hand_computation():
     import torch
 
-    from edgekit.converters.distill import kd_loss
+    from edgekit.converters.compress.distill import kd_loss
 
     rng = np.random.default_rng(0)
     s, t = rng.normal(size=(2, 5, 7)) * 3, rng.normal(size=(2, 5, 7)) * 3
@@ -51,7 +52,7 @@ def test_kd_loss_matches_hand_computation():
 def test_representation_and_attention_losses_match_hand_computation():
     import torch
 
-    from edgekit.converters.distill import attention_loss, representation_loss
+    from edgekit.converters.compress.distill import attention_loss, representation_loss
 
     rng = np.random.default_rng(1)
     hs, ht, w = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 6)), rng.normal(size=(6, 4))
@@ -76,7 +77,7 @@ def test_representation_and_attention_losses_match_hand_computation():
 
 
 def test_uniform_layer_map():
-    from edgekit.converters.distill import uniform_layer_map
+    from edgekit.converters.compress.distill import uniform_layer_map
 
     assert uniform_layer_map(4, 6) == [(0, 1), (1, 2), (2, 4), (3, 5)]
     assert uniform_layer_map(2, 2) == [(0, 0), (1, 1)]
@@ -88,11 +89,12 @@ def test_distillation_moves_a_student_towards_the_teacher(tiny_models, tmp_path)
     and the output is an HF model of the student's shape with a record of how it was made."""
     import json
 
-    from edgekit.converters.distill import DistillConfig, distill
+    from edgekit.converters.compress.distill import DistillConfig, distill
 
     cfg = DistillConfig(data=DATA, steps=30, seq_len=64, batch_size=4, heldout_windows=4, lr=3e-3, beta=1.0,
                         gamma=1.0, alpha=1.0)  # a random teacher: only the KD terms pull towards it
-    r = distill(tiny_models["llama"], tmp_path / "student", cfg, student={"intermediate_size": 256}, progress=False)
+    r = distill(tiny_models["llama"], tmp_path / "student", replace(cfg, student={"intermediate_size": 256}),
+                progress=False)
     assert r.kl_after < 0.7 * r.kl_before, r.summary()
     assert r.params_student < r.params_teacher and len(r.losses) == 30
     c = json.loads((tmp_path / "student" / "config.json").read_text())
@@ -104,12 +106,12 @@ def test_distillation_moves_a_student_towards_the_teacher(tiny_models, tmp_path)
 
 def test_a_bf16_teacher_gives_nearly_the_fp32_targets(tiny_models, tmp_path):
     """--teacher-dtype bfloat16 halves the teacher's memory; its held-out perplexity stays within 1 %."""
-    from edgekit.converters.distill import DistillConfig, distill
+    from edgekit.converters.compress.distill import DistillConfig, distill
 
     runs = {}
     for dtype in ("float32", "bfloat16"):
         cfg = DistillConfig(data=DATA, steps=2, seq_len=64, batch_size=2, heldout_windows=4, teacher_dtype=dtype)
-        runs[dtype] = distill(tiny_models["llama"], tmp_path / dtype, cfg, student={"num_hidden_layers": 1},
+        runs[dtype] = distill(tiny_models["llama"], tmp_path / dtype, replace(cfg, student={"num_hidden_layers": 1}),
                               progress=False)
     assert runs["bfloat16"].ppl_teacher == pytest.approx(runs["float32"].ppl_teacher, rel=1e-2)
     assert runs["bfloat16"].ppl_teacher != runs["float32"].ppl_teacher  # it did run in bf16
@@ -214,20 +216,20 @@ def test_bad_options_fail_in_one_line(tiny_models, tmp_path, extra, message):
 
 
 def test_bad_students_fail_in_one_line(tiny_models, tmp_path):
-    from edgekit.converters.distill import DistillConfig, distill
+    from edgekit.converters.compress.distill import DistillConfig, distill
 
     cfg = DistillConfig(data=DATA, steps=1, seq_len=32, batch_size=1, heldout_windows=1)
     with pytest.raises(EdgekitError, match="has no option 'num_layerz'"):
-        distill(tiny_models["llama"], tmp_path / "s", cfg, student={"num_layerz": 1})
+        distill(tiny_models["llama"], tmp_path / "s", replace(cfg, student={"num_layerz": 1}))
     with pytest.raises(EdgekitError, match="vocabulary"):
-        distill(tiny_models["llama"], tmp_path / "s", cfg, student={"vocab_size": 300})
+        distill(tiny_models["llama"], tmp_path / "s", replace(cfg, student={"vocab_size": 300}))
     from transformers import AutoConfig, AutoModelForCausalLM
 
     c = AutoConfig.from_pretrained(tiny_models["llama"])
     c.vocab_size = 300
     AutoModelForCausalLM.from_config(c).save_pretrained(tmp_path / "other-vocab")
     with pytest.raises(EdgekitError, match="other-vocab: the student's vocabulary"):
-        distill(tiny_models["llama"], tmp_path / "s", cfg, student=tmp_path / "other-vocab")
+        distill(tiny_models["llama"], tmp_path / "s", replace(cfg, student=tmp_path / "other-vocab"))
     with pytest.raises(EdgekitError, match="no config.json"):
-        distill(tiny_models["llama"], tmp_path / "s", cfg, student=tmp_path)
+        distill(tiny_models["llama"], tmp_path / "s", replace(cfg, student=tmp_path))
     assert not (tmp_path / "s").exists()

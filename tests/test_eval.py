@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.evaluate import evaluate, plan_windows
+from edgekit.eval import EvalConfig, evaluate
+from edgekit.eval.metrics import plan_windows
 
 # Python source from the standard library: a fixed text of a few thousand tiny-tokenizer tokens.
 TEXT = (Path(json.__file__).parent / "encoder.py").read_text(encoding="utf-8")
@@ -26,13 +27,13 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ggufs(tiny_models, tmp_path_factory) -> dict[str, Path]:
-    from edgekit.converters.gguf_export import ConvertConfig, convert
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 
     root = tmp_path_factory.mktemp("evalgguf")
     out = {}
     for name, quant in (("f32", "f32"), ("q4km", "q4_k_m")):
-        out[name] = convert(ConvertConfig(tiny_models["llama"], root / f"llama-{name}.gguf", quant=quant,
-                                          progress=False)).output
+        out[name] = write_gguf(tiny_models["llama"], root / f"llama-{name}.gguf", GGUFConfig(quant=quant),
+                               progress=False).output
     return out
 
 
@@ -69,7 +70,7 @@ def direct_ppl(model_dir: Path, text: str, ctx: int, stride: int | None, max_win
 @pytest.mark.parametrize("arch,stride", [("llama", None), ("qwen2", None), ("llama", 24)])
 def test_ppl_matches_transformers(tiny_models, data, arch, stride):
     """llama's tokenizer adds BOS (every window starts with it), qwen2's does not; stride 24 < ctx overlaps."""
-    res = evaluate(tiny_models[arch], data, ctx=CTX, stride=stride, max_windows=4, progress=False)
+    res = evaluate(tiny_models[arch], EvalConfig(data=data, ctx=CTX, stride=stride, max_windows=4), progress=False)
     want, count = direct_ppl(tiny_models[arch], TEXT, CTX, stride, 4)
     assert res.windows == 4 and res.tokens == count
     assert res.ppl == pytest.approx(want, rel=1e-5)
@@ -78,9 +79,9 @@ def test_ppl_matches_transformers(tiny_models, data, arch, stride):
 
 def test_stride_scores_the_right_tokens(tiny_models, data):
     # (e) first window: ctx - 1 tokens; later windows: the last `stride` tokens.
-    res = evaluate(tiny_models["qwen2"], data, ctx=CTX, stride=16, max_windows=5, progress=False)
+    res = evaluate(tiny_models["qwen2"], EvalConfig(data=data, ctx=CTX, stride=16, max_windows=5), progress=False)
     assert res.stride == 16 and res.windows == 5 and res.tokens == (CTX - 1) + 4 * 16
-    full = evaluate(tiny_models["qwen2"], data, ctx=CTX, max_windows=2, progress=False)
+    full = evaluate(tiny_models["qwen2"], EvalConfig(data=data, ctx=CTX, max_windows=2), progress=False)
     assert full.stride == CTX and full.tokens == 2 * (CTX - 1)  # no BOS: the window's first token is context
 
 
@@ -106,14 +107,16 @@ def test_windows_score_each_token_once(n_prefix, stride):
 
 
 def test_model_against_itself(tiny_models, data):
-    res = evaluate(tiny_models["qwen2"], data, ref=tiny_models["qwen2"], ctx=CTX, max_windows=3, progress=False)
+    res = evaluate(tiny_models["qwen2"], EvalConfig(data=data, ref=tiny_models["qwen2"], ctx=CTX, max_windows=3),
+                   progress=False)
     assert res.kl_max < 1e-9 and res.kl_mean < 1e-9
     assert res.top1 == 1.0
     assert res.delta_ppl == 0.0 and res.ppl == res.ref_ppl
 
 
 def test_gguf_f32_matches_hf(tiny_models, ggufs, data):
-    res = evaluate(ggufs["f32"], data, ref=tiny_models["llama"], ctx=CTX, max_windows=4, progress=False)
+    res = evaluate(ggufs["f32"], EvalConfig(data=data, ref=tiny_models["llama"], ctx=CTX, max_windows=4),
+                   progress=False)
     assert res.ppl == pytest.approx(res.ref_ppl, rel=1e-3)
     assert res.kl_mean < 1e-6 and res.kl_max < 1e-4
     assert res.top1 > 0.99
@@ -122,7 +125,8 @@ def test_gguf_f32_matches_hf(tiny_models, ggufs, data):
 
 def test_gguf_q4_k_m_differs(tiny_models, ggufs, data):
     # (d) the metrics can fail: Q4_K_M noise moves the distribution and flips some argmaxes.
-    res = evaluate(ggufs["q4km"], data, ref=tiny_models["llama"], ctx=CTX, max_windows=4, progress=False)
+    res = evaluate(ggufs["q4km"], EvalConfig(data=data, ref=tiny_models["llama"], ctx=CTX, max_windows=4),
+                   progress=False)
     assert res.kl_mean > 1e-3 and res.kl_se > 0
     assert 0 <= res.kl_median <= res.kl_p90 <= res.kl_p99 <= res.kl_max
     assert res.top1 < 1.0 and res.top1_se > 0
@@ -137,8 +141,9 @@ def test_gguf_q4_k_m_differs(tiny_models, ggufs, data):
 
 
 def test_gguf_without_tokenizer_uses_llama_cpp(tiny_models, ggufs, data):
-    own = evaluate(ggufs["f32"], data, ctx=CTX, max_windows=2, progress=False)
-    hf = evaluate(ggufs["f32"], data, ctx=CTX, max_windows=2, tokenizer=tiny_models["llama"], progress=False)
+    own = evaluate(ggufs["f32"], EvalConfig(data=data, ctx=CTX, max_windows=2), progress=False)
+    hf = evaluate(ggufs["f32"], EvalConfig(data=data, ctx=CTX, max_windows=2, tokenizer=tiny_models["llama"]),
+                  progress=False)
     assert own.tokenizer.endswith("(llama.cpp)") and hf.tokenizer == str(tiny_models["llama"])
     assert own.data_tokens == hf.data_tokens and own.ppl == pytest.approx(hf.ppl, rel=1e-9)
 
@@ -154,7 +159,7 @@ def test_data_directory(tiny_models, tmp_path):
     (tmp_path / "a.txt").write_text(TEXT[3000:6000])
     (tmp_path / "notes.md").write_text("not data")
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00 not utf-8")
-    res = evaluate(tiny_models["qwen2"], tmp_path, ctx=CTX, max_windows=1, progress=False)
+    res = evaluate(tiny_models["qwen2"], EvalConfig(data=tmp_path, ctx=CTX, max_windows=1), progress=False)
     assert res.data == [str(tmp_path / "a.txt"), str(tmp_path / "b.py")]
     assert res.skipped_files == [str(tmp_path / "bad.txt")]
     n = len(tok(TEXT[3000:6000], add_special_tokens=False)["input_ids"])
@@ -187,17 +192,17 @@ def test_errors(tiny_models, ggufs, data, tmp_path):
     ]
     for args, kw, needle in cases:
         with pytest.raises(EdgekitError) as e:
-            evaluate(*args, progress=False, **kw)
+            evaluate(args[0], EvalConfig(data=args[1], **kw), progress=False)
         msg = str(e.value)
         assert needle in msg and "\n" not in msg, msg
     with pytest.raises(EdgekitError, match=r"the text is \d+ tokens"):
-        evaluate(model, tmp_path / "short.txt", ctx=CTX, progress=False)
+        evaluate(model, EvalConfig(data=tmp_path / "short.txt", ctx=CTX), progress=False)
     with pytest.raises(EdgekitError) as e:
-        evaluate(ggufs["f32"], data, ref=tiny_models["qwen2"], progress=False)
+        evaluate(ggufs["f32"], EvalConfig(data=data, ref=tiny_models["qwen2"]), progress=False)
     assert str(ggufs["f32"]) in str(e.value) and str(tiny_models["qwen2"]) in str(e.value)
     (tmp_path / "x.pte").write_bytes(b"x" * 64)  # not a program: the ExecuTorch runtime refuses it
     with pytest.raises(EdgekitError, match="x.pte: ExecuTorch cannot load it"):
-        evaluate(tmp_path / "x.pte", data, tokenizer=model, progress=False)
+        evaluate(tmp_path / "x.pte", EvalConfig(data=data, tokenizer=model), progress=False)
 
 
 # -- the command line (in-process: the real parser and error handling) ---------------------------------
@@ -205,12 +210,9 @@ def test_errors(tiny_models, ggufs, data, tmp_path):
 
 @pytest.fixture
 def cli_main():
-    from edgekit import cli
+    from edgekit.cli import main
 
-    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
-    if "eval" not in sub.choices:
-        pytest.skip("`edgekit eval` is not wired into edgekit/cli.py yet")
-    return cli.main
+    return main
 
 
 def test_cli_json(cli_main, tiny_models, ggufs, data, capsys):
@@ -237,14 +239,15 @@ def test_cli_errors(cli_main, tiny_models, data, tmp_path, capsys):
 
 def test_pte_perplexity_matches_hf(tiny_models, tmp_path):
     """An fp32 .pte run by the ExecuTorch runtime scores like its HF original (and finds its own tokenizer)."""
-    from edgekit.converters.executorch_export import PteConfig, export_pte
+    from edgekit.converters.pte.export import PteConfig, export_pte
 
     src = tiny_models["qwen3"]
     pte = tmp_path / "m.pte"
-    export_pte(PteConfig(source=src, output=pte, quant="fp32", max_seq_len=64))
+    export_pte(src, pte, PteConfig(quant="fp32", max_seq_len=64))
     data = tmp_path / "d.txt"
     data.write_text(TEXT)
-    r = evaluate(pte, data, ref=src, ctx=32, max_windows=3, progress=False)
+    r = evaluate(pte, EvalConfig(data=data, ref=src, ctx=32, max_windows=3), progress=False)
     assert abs(r.ppl / r.ref_ppl - 1) < 1e-4 and r.kl_mean < 1e-6 and r.top1 == 1.0
-    alone = evaluate(pte, data, ctx=32, max_windows=3, progress=False)  # tokenizer.json beside the .pte
+    alone = evaluate(pte, EvalConfig(data=data, ctx=32, max_windows=3),
+                     progress=False)  # tokenizer.json beside the .pte
     assert abs(alone.ppl - r.ppl) < 1e-6 * r.ppl

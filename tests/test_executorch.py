@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import ARCHS, prompt_tokens
 
-from edgekit.converters.executorch_export import PteConfig, export_pte, manifest_path, prepare_model
+from edgekit.converters.pte.export import PteConfig, export_pte, manifest_path, prepare_model
 from edgekit.errors import EdgekitError
 
 CONTEXT, PREFILL = 80, 16   # prompts are 52-58 tokens: prefill runs in 4 chunks, generation fits
@@ -29,7 +29,7 @@ QUANTIZED = {"llama": dict(embedding_quant="4w", group_size=32), "mistral": dict
 def _export(src: Path, out_dir: Path, **kw) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)  # one directory per model: each has its own tokenizer.json
     out = out_dir / f"{src.name}.pte"
-    export_pte(PteConfig(source=src, output=out, max_seq_len=CONTEXT, max_prefill=PREFILL, **kw))
+    export_pte(src, out, PteConfig(**kw, max_seq_len=CONTEXT, max_prefill=PREFILL))
     return out
 
 
@@ -73,7 +73,7 @@ def test_fp32_matches_transformers(arch, tiny_models, fp32_ptes):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgekit.runtime_et import EtModel
+    from edgekit.runtime.backends.executorch import EtModel
 
     src = tiny_models[arch]
     tokens = prompt_tokens(src)
@@ -98,7 +98,7 @@ def test_8da4w_matches_eager_torchao(arch, tiny_models, int4_ptes):
     after a near tie in the reference."""
     import torch
 
-    from edgekit.runtime_et import EtModel
+    from edgekit.runtime.backends.executorch import EtModel
 
     src, kw = tiny_models[arch], QUANTIZED[arch]
     tokens = prompt_tokens(src)
@@ -124,7 +124,7 @@ def test_8da4w_matches_eager_torchao(arch, tiny_models, int4_ptes):
 def test_sidecars_and_metadata(tiny_models, fp32_ptes):
     from transformers import AutoTokenizer
 
-    from edgekit.runtime_et import EtModel
+    from edgekit.runtime.backends.executorch import EtModel
 
     src, pte = tiny_models["mistral"], fp32_ptes["mistral"]  # SentencePiece tokenizer, BOS, chat template
     man = json.loads(manifest_path(pte).read_text())
@@ -153,7 +153,7 @@ def test_portable_attention_path(tiny_models, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgekit.runtime_et import EtModel
+    from edgekit.runtime.backends.executorch import EtModel
 
     src = tiny_models["qwen2"]
     pte = _export(src, tmp_path, quant="fp32", custom_ops=False)
@@ -166,7 +166,7 @@ def test_portable_attention_path(tiny_models, tmp_path):
 
 
 def test_inspect(int4_ptes):
-    from edgekit.inspect_pte import format_report, inspect_pte
+    from edgekit.inspect.pte import format_report, inspect_pte
 
     info = inspect_pte(int4_ptes["llama"])
     fwd = info["methods"]["forward"]
@@ -192,35 +192,35 @@ def test_unsupported_architecture_and_bad_options(tiny_models, tmp_path):
     out = tmp_path / "out" / "m.pte"
     out.parent.mkdir()
     with pytest.raises(EdgekitError, match="unsupported architecture 'FalconForCausalLM'"):
-        export_pte(PteConfig(src, out))
+        export_pte(src, out, PteConfig())
     llama = tiny_models["llama"]
     for kw, msg in [(dict(quant="q4_k_m"), "unknown --quant"), (dict(group_size=48), "--group-size"),
                     (dict(embedding_quant="2w"), "--embedding-quant"),
                     (dict(max_seq_len=100_000), "exceeds the model's context")]:
         with pytest.raises(EdgekitError, match=msg):
-            export_pte(PteConfig(llama, out, **kw))
+            export_pte(llama, out, PteConfig(**kw))
     with pytest.raises(EdgekitError, match=r"\.pte extension"):
-        export_pte(PteConfig(llama, tmp_path / "m.gguf"))
+        export_pte(llama, tmp_path / "m.gguf", PteConfig())
     # RoPE that switches frequencies at run time (Phi-3 128k's longrope) is refused, not mis-exported.
     (src / "config.json").write_text(json.dumps({**cfg, "rope_parameters": {
         "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 32, "long_factor": [2.0] * 32}}))
     with pytest.raises(EdgekitError, match="RoPE scaling type 'longrope' is not supported"):
-        export_pte(PteConfig(src, out))
+        export_pte(src, out, PteConfig())
     # A sliding window shorter than the requested cache is refused (windowed attention is not exported).
     (src / "config.json").write_text(json.dumps({**cfg, "architectures": ["MistralForCausalLM"],
                                                  "model_type": "mistral", "sliding_window": 32}))
     with pytest.raises(EdgekitError, match="sliding window"):
-        export_pte(PteConfig(src, out, max_seq_len=64))
+        export_pte(src, out, PteConfig(max_seq_len=64))
     # Another model's tokenizer next to the output is never overwritten.
     (out.parent / "tokenizer.json").write_text("{}")
     with pytest.raises(EdgekitError, match="belongs to another model"):
-        export_pte(PteConfig(llama, out))
+        export_pte(llama, out, PteConfig())
     assert sorted(p.name for p in out.parent.iterdir()) == ["tokenizer.json"]
 
 
 @pytest.fixture(scope="module")
 def one_layer(tmp_path_factory) -> Path:
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.testing.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("one") / "qwen2", "qwen2", layers=1, hidden=64, ffn=128)
 
@@ -241,7 +241,7 @@ def test_unlowerable_op_is_named_and_nothing_is_written(one_layer, tmp_path, mon
     forward = modeling_qwen2.Qwen2MLP.forward
     monkeypatch.setattr(modeling_qwen2.Qwen2MLP, "forward", lambda self, x: mystery(forward(self, x)))
     with pytest.raises(EdgekitError) as err:
-        export_pte(PteConfig(one_layer, tmp_path / "m.pte", quant="fp32", max_seq_len=32))
+        export_pte(one_layer, tmp_path / "m.pte", PteConfig(quant="fp32", max_seq_len=32))
     assert "edgekit_test::mystery" in str(err.value) and "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -255,5 +255,5 @@ def test_failed_write_leaves_no_partial_file(one_layer, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ExecutorchProgramManager, "write_to_file", disk_full)
     with pytest.raises(EdgekitError, match="No space left"):
-        export_pte(PteConfig(one_layer, tmp_path / "m.pte", quant="fp32", max_seq_len=32))
+        export_pte(one_layer, tmp_path / "m.pte", PteConfig(quant="fp32", max_seq_len=32))
     assert list(tmp_path.iterdir()) == []

@@ -5,15 +5,15 @@ from __future__ import annotations
 import gguf
 import pytest
 
-from edgekit.converters.gguf_export import ConvertConfig, convert
+from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 from edgekit.errors import EdgekitError
-from edgekit.gguf_meta import read_header
+from edgekit.io.gguf_reader import read_header
 
 
 @pytest.mark.parametrize("arch,quant", [("llama", "q4_k_m"), ("mistral", "f16"), ("qwen2", "q8_0")])
 def test_matches_gguf_py(arch, quant, tiny_models, tmp_path):
     out = tmp_path / "m.gguf"
-    convert(ConvertConfig(source=tiny_models[arch], output=out, quant=quant, progress=False))
+    write_gguf(tiny_models[arch], out, GGUFConfig(quant=quant), progress=False)
     ours, ref = read_header(out), gguf.GGUFReader(out)
     ref_fields = {k: f for k, f in ref.fields.items() if not k.startswith("GGUF.")}
     assert ours.fields.keys() == ref_fields.keys()
@@ -27,7 +27,7 @@ def test_matches_gguf_py(arch, quant, tiny_models, tmp_path):
 
 def test_truncated_and_foreign_files(tiny_models, tmp_path):
     good = tmp_path / "good.gguf"
-    convert(ConvertConfig(source=tiny_models["qwen2"], output=good, quant="f16", progress=False))
+    write_gguf(tiny_models["qwen2"], good, GGUFConfig(quant="f16"), progress=False)
     data = good.read_bytes()
     for cut in (10, 200, 5000, len(data) // 2, len(data) - 1):
         (tmp_path / "cut.gguf").write_bytes(data[:cut])

@@ -12,9 +12,9 @@ import gguf
 import numpy as np
 import pytest
 
-from edgekit.converters import imatrix
+from edgekit.converters.gguf import imatrix
 from edgekit.errors import EdgekitError
-from edgekit.llamacpp import quantize as llama_quantize
+from edgekit.runtime.backends.llamacpp import quantize as llama_quantize
 
 # Code and prose: enough tokens for several 32-token chunks with the tiny tokenizers.
 CALIB = (Path(__file__).read_text() + "\nThe quick brown fox jumps over the lazy dog. 12345 çà 日本\n") * 2
@@ -22,7 +22,7 @@ CALIB = (Path(__file__).read_text() + "\nThe quick brown fox jumps over the lazy
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.testing.models import build_tiny_model
 
     root = tmp_path_factory.mktemp("imx")
     # qwen2: tied embeddings, every row length a multiple of 256 (Q4_K/Q6_K everywhere in q4_k_m).
@@ -74,7 +74,7 @@ def test_collect_equals_hand_computation(models):
 
 
 def test_keys_are_the_matmul_weights(models):
-    from edgekit.converters.mix import is_quantizable
+    from edgekit.converters.gguf.mix import is_quantizable
 
     for arch, embd in (("qwen2", "token_embd.weight"), ("mistral", "output.weight")):
         stats = imatrix.collect(models[arch], CALIB, ctx=16, max_chunks=1, progress=False)
@@ -89,8 +89,10 @@ def test_bos_prefix_and_short_text(models):
     """A text shorter than one chunk gives one partial chunk; BOS is counted as a token."""
     from transformers import AutoTokenizer
 
+    from edgekit.io.hf import special_prefix
+
     tok = AutoTokenizer.from_pretrained(models["llama"])
-    assert imatrix._special_prefix(tok) == [tok.bos_token_id]
+    assert special_prefix(tok) == [tok.bos_token_id]
     text = "def f(x):\n    return x\n"
     n_ids = len(tok(text, add_special_tokens=False)["input_ids"])
     stats = imatrix.collect(models["llama"], text, ctx=512, progress=False)
@@ -147,7 +149,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def _write_dat(path: Path, entries: dict[str, tuple[np.ndarray, int]], trailer: tuple[int, str] | None) -> Path:
-    """llama.cpp's legacy imatrix layout, written from its description (see converters/imatrix.py)."""
+    """llama.cpp's legacy imatrix layout, written from its description (see converters/gguf/imatrix.py)."""
     out = struct.pack("<i", len(entries))
     for name, (mean, ncall) in entries.items():
         raw = name.encode()
@@ -224,9 +226,9 @@ def _f32(src: Path) -> Path:
     """An F32 GGUF of a tiny model, converted once per session (copy it before changing it)."""
     out = src.parent / f"{src.name}-f32.gguf"
     if not out.exists():
-        from edgekit.converters.gguf_export import ConvertConfig, convert
+        from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 
-        convert(ConvertConfig(source=src, output=out, quant="f32", progress=False))
+        write_gguf(src, out, GGUFConfig(quant="f32"), progress=False)
     return out
 
 
@@ -242,9 +244,9 @@ def test_cli_convert_with_calibration_text(models, tmp_path):
     changed = {n for n in plain if plain[n][1] != with_im[n][1]}
     assert "blk.0.attn_q.weight" in changed and "token_embd.weight" in changed  # Q4_K and Q6_K both steered
 
-    from llama_cpp import Llama
+    from edgekit.runtime.backends.llamacpp import LlamaCppModel
 
-    Llama(model_path=str(tmp_path / "im.gguf"), n_ctx=64, verbose=False).close()
+    LlamaCppModel(tmp_path / "im.gguf", n_ctx=64).close()  # llama.cpp loads it
 
     # A text imatrix needs the HF model: a GGUF source is refused with a one-line error.
     r = _cli("convert", _f32(src), "-o", tmp_path / "x.gguf", "--imatrix", tmp_path / "calib.txt", "-q")

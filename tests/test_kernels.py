@@ -1,4 +1,4 @@
-"""Matmul kernels (edgekit.kernels / libedgekit): every SIMD level against the scalar reference, the
+"""Matmul kernels (edgekit.native.kernels / libedgekit): every SIMD level against the scalar reference, the
 scalar reference against gguf-py's dequantizers + numpy, dispatch, bad input, and the ARM builds
 run under qemu-user on four emulated CPUs (plus armhf)."""
 
@@ -15,8 +15,8 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
-from edgekit import kernels as K
-from edgekit import quantize_native as qn
+from edgekit.native import kernels as K
+from edgekit.native import quantize as qn
 
 REPO = Path(__file__).resolve().parents[1]
 TYPES = [QT.F32, QT.F16, QT.Q8_0, QT.Q4_K, QT.Q6_K]
@@ -205,11 +205,9 @@ def test_matches_llama_cpp_ggml(qt: QT) -> None:
     """The same weight bytes through ggml's own CPU kernels (llama-cpp-python's libggml, via ctypes).
     Q8_0/Q4_K/Q6_K quantize activations exactly as ggml does, so only float rounding differs; ggml
     rounds activations to F16 for F16 weights, a looser match there."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from gemv_vs_llamacpp import Ggml
-    finally:
-        sys.path.pop(0)
+    pytest.importorskip("llama_cpp")
+    from edgekit.testing.ggml import Ggml
+
     g = Ggml()
     rng = np.random.default_rng(12)
     n = {QT.F32: 96, QT.F16: 96}.get(qt, NCOLS[qt])
@@ -322,7 +320,7 @@ def test_activation_quantizers_same_bytes_at_every_level(level: str) -> None:
 # ---- dispatch and bad input ----------------------------------------------------------------------
 def _level_in_subprocess(value: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "EDGEKIT_CPU_LEVEL": value}
-    return subprocess.run([sys.executable, "-c", "from edgekit import kernels; print(kernels.level())"],
+    return subprocess.run([sys.executable, "-c", "from edgekit.native import kernels; print(kernels.level())"],
                           env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -8,8 +8,8 @@ import sys
 
 _CHILD = """
 import json, resource, sys
-from edgekit.converters.gguf_export import ConvertConfig, convert
-r = convert(ConvertConfig(source=sys.argv[1], output=sys.argv[2], quant=sys.argv[3], progress=False))
+from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
+r = write_gguf(sys.argv[1], sys.argv[2], GGUFConfig(quant=sys.argv[3]), progress=False)
 print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "reported": r.peak_rss}))
 """
 
@@ -21,7 +21,7 @@ def _peak(src, out, quant) -> dict:
 
 
 def test_peak_rss_is_not_model_size(tiny_models, tmp_path):
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.testing.models import build_tiny_model
 
     big = build_tiny_model(tmp_path / "big", "mistral", layers=6, hidden=1024, ffn=4096, heads=8, kv_heads=4)
     model_bytes = sum(f.stat().st_size for f in big.glob("*.safetensors"))

@@ -17,7 +17,7 @@ CALIB = [Path(os.__file__)]  # the standard library's os.py: real text, on every
 
 
 def _cfg(**kw):
-    from edgekit.converters.prune import PruneConfig
+    from edgekit.converters.compress.prune import PruneConfig
 
     return PruneConfig(data=CALIB, max_tokens=512, ctx=128, **kw)
 
@@ -42,8 +42,8 @@ def _heads_frac(arch: str) -> float:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_pruned_model_loads_and_matches_llamacpp(arch, tiny_models, tmp_path):
-    from edgekit.converters.gguf_export import ConvertConfig, convert
-    from edgekit.converters.prune import prune
+    from edgekit.converters.compress.prune import prune
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 
     layers = 1 if arch == "llama" else 0
     r = prune(tiny_models[arch], tmp_path / "p", _cfg(ffn=0.5, heads=_heads_frac(arch), layers=layers))
@@ -63,13 +63,13 @@ def test_pruned_model_loads_and_matches_llamacpp(arch, tiny_models, tmp_path):
     want = _logits(m, tokens)
     assert np.isfinite(want).all()
     gguf = tmp_path / "p.gguf"
-    convert(ConvertConfig(source=tmp_path / "p", output=gguf, quant="f32", progress=False))
+    write_gguf(tmp_path / "p", gguf, GGUFConfig(quant="f32"), progress=False)
     assert np.abs(llama_logits(gguf, tokens) - want).max() < 1e-4
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_keeping_everything_is_identity(arch, tiny_models, tmp_path):
-    from edgekit.converters.prune import PruneConfig, prune
+    from edgekit.converters.compress.prune import PruneConfig, prune
 
     r = prune(tiny_models[arch], tmp_path / "p", PruneConfig())  # no data needed when nothing is removed
     assert r.params_after == r.params_before
@@ -82,7 +82,7 @@ def test_pruned_equals_source_with_removed_parts_zeroed(arch, tiny_models, tmp_p
     """Zeroing, in the source, exactly what the report says was removed must give the pruned model's logits."""
     import torch
 
-    from edgekit.converters.prune import prune
+    from edgekit.converters.compress.prune import prune
 
     layers = 1 if arch == "llama" else 0
     r = prune(tiny_models[arch], tmp_path / "p", _cfg(ffn=0.5, heads=_heads_frac(arch), layers=layers))
@@ -108,7 +108,7 @@ def _doctored_llama(root: Path, layers: int = 2) -> Path:
     and (with 3 layers) layer 0 nearly the identity."""
     import torch
 
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.testing.models import build_tiny_model
 
     d = build_tiny_model(root / "src", "llama", layers=layers, seed=1)
     m = _load(d)
@@ -131,7 +131,7 @@ def _doctored_llama(root: Path, layers: int = 2) -> Path:
 
 @pytest.mark.parametrize("importance", ["activation", "weight"])
 def test_importance_keeps_the_dominant_channel_and_group(importance, tmp_path):
-    from edgekit.converters.prune import prune
+    from edgekit.converters.compress.prune import prune
 
     src = _doctored_llama(tmp_path)
     r = prune(src, tmp_path / "p", _cfg(ffn=0.5, heads=0.5, importance=importance))
@@ -140,7 +140,7 @@ def test_importance_keeps_the_dominant_channel_and_group(importance, tmp_path):
 
 
 def test_block_influence_drops_the_near_identity_layer(tmp_path):
-    from edgekit.converters.prune import prune
+    from edgekit.converters.compress.prune import prune
 
     src = _doctored_llama(tmp_path, layers=3)
     assert prune(src, tmp_path / "a", _cfg(layers=1)).kept_layers == [1, 2]
@@ -156,7 +156,7 @@ def test_block_influence_drops_the_near_identity_layer(tmp_path):
     (dict(ffn=0.5, importance="random"), "importance must be one of"),
 ])
 def test_bad_config_is_one_error_and_writes_nothing(kw, msg, tiny_models, tmp_path):
-    from edgekit.converters.prune import prune
+    from edgekit.converters.compress.prune import prune
 
     with pytest.raises(EdgekitError, match=msg.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         prune(tiny_models["qwen2"], tmp_path / "p", _cfg(**kw))
@@ -164,7 +164,7 @@ def test_bad_config_is_one_error_and_writes_nothing(kw, msg, tiny_models, tmp_pa
 
 
 def test_activation_without_data_and_fixed_head_archs_are_refused(tiny_models, tmp_path):
-    from edgekit.converters.prune import PruneConfig, prune
+    from edgekit.converters.compress.prune import PruneConfig, prune
 
     with pytest.raises(EdgekitError, match="needs calibration text"):
         prune(tiny_models["llama"], tmp_path / "p", PruneConfig(ffn=0.5))
@@ -175,7 +175,7 @@ def test_activation_without_data_and_fixed_head_archs_are_refused(tiny_models, t
 
 
 def test_unsupported_architecture(tiny_models, tmp_path):
-    from edgekit.converters.prune import prune
+    from edgekit.converters.compress.prune import prune
 
     src = tmp_path / "gpt2"
     shutil.copytree(tiny_models["llama"], src)
@@ -189,7 +189,7 @@ def test_unsupported_architecture(tiny_models, tmp_path):
 def test_failure_while_writing_leaves_nothing(tiny_models, tmp_path, monkeypatch):
     from transformers import PreTrainedModel
 
-    from edgekit.converters.prune import prune
+    from edgekit.converters.compress.prune import prune
 
     def boom(*_a, **_k):
         raise OSError("disk full")
@@ -226,8 +226,8 @@ def test_cli(tiny_models, tmp_path, capsys):
 def test_bf16_source_stays_bf16(tmp_path):
     from safetensors import safe_open
 
-    from edgekit.converters.prune import prune
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.converters.compress.prune import prune
+    from edgekit.testing.models import build_tiny_model
 
     src = build_tiny_model(tmp_path / "src", "qwen3", dtype="bfloat16")
     prune(src, tmp_path / "p", _cfg(ffn=0.5, importance="weight"))
@@ -239,21 +239,21 @@ def test_bf16_source_stays_bf16(tmp_path):
 @pytest.mark.parametrize("n, frac, keep", [(512, 0.0, 512), (512, 0.5, 256), (512, 0.3, 352), (500, 0.5, 256),
                                            (512, 0.99, 32), (48, 0.5, 24), (40, 0.99, 1), (96, 0.25, 64)])
 def test_ffn_width_rounding(n, frac, keep):
-    from edgekit.converters.prune import _keep_ffn
+    from edgekit.converters.compress.prune import _keep_ffn
 
     assert _keep_ffn(n, frac) == keep
 
 
 def test_pruned_model_exports_to_pte(tiny_models, tmp_path):
     """The .pte exporter takes a pruned model too (heads, FFN and a layer gone; Qwen3's head_dim kept)."""
-    from edgekit.converters.executorch_export import PteConfig, export_pte
-    from edgekit.converters.prune import prune
-    from edgekit.runtime_et import EtModel
+    from edgekit.converters.compress.prune import prune
+    from edgekit.converters.pte.export import PteConfig, export_pte
+    from edgekit.runtime.backends.executorch import EtModel
 
     prune(tiny_models["qwen3"], tmp_path / "p", _cfg(ffn=0.5, heads=0.5, layers=1, importance="weight"))
     out = tmp_path / "pte" / "p.pte"
     out.parent.mkdir()
-    export_pte(PteConfig(source=tmp_path / "p", output=out, quant="fp32", max_seq_len=80, max_prefill=16))
+    export_pte(tmp_path / "p", out, PteConfig(quant="fp32", max_seq_len=80, max_prefill=16))
     tokens = prompt_tokens(tmp_path / "p")
     ref = _logits(_load(tmp_path / "p"), tokens)[-1]
     got = EtModel(out).prefill(tokens)

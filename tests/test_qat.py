@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import prompt_tokens
 
-from edgekit.converters.qat import QatConfig
+from edgekit.converters.pte.qat import QatConfig
 from edgekit.errors import EdgekitError
 
 CONTEXT = 64
@@ -38,7 +38,7 @@ def _qat(calib: Path, **kw) -> QatConfig:
 def test_kl_matches_hand_computation():
     import torch
 
-    from edgekit.converters.training import kl_divergence
+    from edgekit.converters.compress.training import kl_divergence
 
     rng = np.random.default_rng(0)
     t, s = rng.normal(size=(2, 3, 7)), rng.normal(size=(2, 3, 7))
@@ -56,8 +56,8 @@ def test_qat_recovers_and_exports(tiny_models, calib, tmp_path):
     what the eager converted model does."""
     import torch
 
-    from edgekit.converters.executorch_export import prepare_model
-    from edgekit.runtime_et import EtModel
+    from edgekit.converters.pte.export import prepare_model
+    from edgekit.runtime.backends.executorch import EtModel
 
     src = tiny_models["llama"]
     prepared = prepare_model(src, "8da4w", 32, None, CONTEXT, qat=_qat(calib), progress=False)
@@ -97,7 +97,7 @@ def test_qat_recovers_and_exports(tiny_models, calib, tmp_path):
 
 
 def test_qat_bad_input(tiny_models, calib, tmp_path):
-    from edgekit.converters.executorch_export import prepare_model
+    from edgekit.converters.pte.export import prepare_model
 
     src = tiny_models["llama"]
     with pytest.raises(EdgekitError, match="too little text for QAT"):

@@ -1,19 +1,17 @@
-"""The C quantizers (edgekit.quantize_native) against their numpy twin, gguf-py and llama.cpp.
+"""The C quantizers (edgekit.native.quantize) against their numpy twin, gguf-py and llama.cpp.
 
 Byte identity is the contract: files we write must be the files llama.cpp would write.
 """
 
 from __future__ import annotations
 
-import ctypes
-
 import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
-from converters import quants_ref
-from edgekit import quantize_native as qn
+from edgekit.native import quantize as qn
+from edgekit.testing import quants_ref
 
 K_TYPES = [QT.Q4_K, QT.Q6_K]
 ALL_TYPES = [QT.Q8_0, QT.Q4_K, QT.Q6_K]
@@ -282,60 +280,26 @@ def _write_tiny_llama(path, tensors: dict[str, np.ndarray]) -> None:
     wr.close()
 
 
-@pytest.fixture(scope="module")
-def llama_cpp_quiet():
-    """llama_cpp with its log captured into a list (shown on failure); the default logger is restored after."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    from llama_cpp import _logger
-
-    logs: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def capture(level, text, user_data):
-        logs.append(text.decode(errors="replace"))
-
-    llama_cpp.llama_log_set(capture, ctypes.c_void_p())  # `capture` stays alive while we yield
-    try:
-        yield llama_cpp, logs
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p())
-
-
-_FTYPES = {
-    QT.Q8_0: "LLAMA_FTYPE_MOSTLY_Q8_0",
-    QT.Q4_K: "LLAMA_FTYPE_MOSTLY_Q4_K_S",
-    QT.Q6_K: "LLAMA_FTYPE_MOSTLY_Q6_K",
-}
+_SCHEMES = {QT.Q8_0: "q8_0", QT.Q4_K: "q4_k", QT.Q6_K: "q6_k"}
 
 
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
-def test_byte_identical_to_llama_cpp(llama_cpp_quiet, tmp_path, qtype: QT, with_imatrix: bool) -> None:
-    llama_cpp, logs = llama_cpp_quiet
+def test_byte_identical_to_llama_cpp(tmp_path, qtype: QT, with_imatrix: bool) -> None:
+    pytest.importorskip("llama_cpp")
+    from edgekit.runtime.backends.llamacpp import quantize as llama_quantize
+
     rng = np.random.default_rng(2024)
     tensors = _tiny_llama_tensors(rng)
     src, dst = tmp_path / "f32.gguf", tmp_path / f"{qtype.name}.gguf"
     _write_tiny_llama(src, tensors)
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, _FTYPES[qtype])
-    params.pure = True  # every 2-D weight gets the one type (no Q6_K output etc.)
-    params.nthread = 2
     imatrices: dict[str, np.ndarray] = {}
     if with_imatrix:
         for name, arr in tensors.items():
             if arr.ndim == 2:  # one weight per column (input feature), as llama-imatrix records
                 imatrices[name] = np.exp(rng.normal(0, 1.5, arr.shape[1])).astype(np.float32)
-        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrices) + 1))()
-        for i, (name, im) in enumerate(imatrices.items()):
-            entries[i].name = name.encode()
-            entries[i].data = im.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            entries[i].size = im.size
-        entries[len(imatrices)].name = None  # terminator
-        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    assert rc == 0, "llama_model_quantize failed:\n" + "".join(logs[-40:])
+    # pure: every 2-D weight gets the one type (no Q6_K output etc.)
+    llama_quantize(src, dst, _SCHEMES[qtype], pure=True, importance=imatrices or None, threads=2)
 
     reader = gguf.GGUFReader(str(dst))
     seen = 0

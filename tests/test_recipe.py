@@ -69,7 +69,7 @@ def test_fresh_student_distilled_to_pte_runs_in_executorch(tiny_models, tmp_path
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgekit.runtime_et import EtModel
+    from edgekit.runtime.backends.executorch import EtModel
 
     out = tmp_path / "s.pte"
     _run("convert", str(tiny_models["llama"]), "-o", str(out), "--quant", "fp32", "--distill", TINY_DISTILL,
@@ -120,7 +120,7 @@ def test_a_2_4_mask_stays_2_4_through_distillation(tiny_models, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgekit.converters.sparsify import check_n_m, masks_from_dir
+    from edgekit.converters.compress.sparsify import check_n_m, masks_from_dir
 
     r = _run("convert", str(tiny_models["phi3"]), "-o", str(tmp_path / "s"), "--sparsify", "method=wanda,pattern=2:4",
              "--distill", TINY_DISTILL + ",lr=0.01", "--data", DATA, "--threads", "1", "-q")

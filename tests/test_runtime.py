@@ -165,7 +165,7 @@ def test_base_model_without_template_gets_the_plain_transcript(tiny_models, tmp_
     import json
     import shutil
 
-    from edgekit.converters.gguf_export import ConvertConfig, convert
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 
     src = tmp_path / "base"
     shutil.copytree(tiny_models["llama"], src)
@@ -174,7 +174,7 @@ def test_base_model_without_template_gets_the_plain_transcript(tiny_models, tmp_
     (src / "tokenizer_config.json").write_text(json.dumps(cfg))
     (src / "chat_template.jinja").unlink(missing_ok=True)
     out = tmp_path / "base.gguf"
-    convert(ConvertConfig(source=src, output=out, quant="f32", progress=False))
+    write_gguf(src, out, GGUFConfig(quant="f32"), progress=False)
     with edgekit.load(out, threads=1) as m:
         assert m.template.is_plain and m.stop_strings == ["\nUser:"] and m.info()["chat_template"] is None
         ids = m.chat_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])

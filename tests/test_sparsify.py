@@ -17,7 +17,7 @@ CALIB = [Path(os.__file__)]  # the standard library's os.py: real text, on every
 
 
 def _cfg(**kw):
-    from edgekit.converters.sparsify import SparsifyConfig
+    from edgekit.converters.compress.sparsify import SparsifyConfig
 
     return SparsifyConfig(**{"data": CALIB, "max_tokens": 256, "ctx": 64} | kw)
 
@@ -30,7 +30,7 @@ def _load(path: Path):
 
 
 def _windows(model_dir: Path) -> list[list[int]]:
-    from edgekit.evaluate import text_windows
+    from edgekit.io.text import text_windows
 
     return text_windows(model_dir, CALIB, 64, 4)
 
@@ -66,7 +66,7 @@ def _toy(emb, weight):
 
 
 def test_wanda_by_hand_differs_from_magnitude():
-    from edgekit.converters.sparsify import compute_masks
+    from edgekit.converters.compress.sparsify import compute_masks
 
     # One token per window; feature norms over both tokens: sqrt(3^2 + 4^2) = 5, 6, 1, 0. Summed |x| (7 vs 6),
     # or the last window alone (4 vs 0), would rank feature 0 above feature 1 instead.
@@ -82,7 +82,7 @@ def test_wanda_by_hand_differs_from_magnitude():
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_threshold_ties_keep_the_lower_index(scope):
-    from edgekit.converters.sparsify import compute_masks
+    from edgekit.converters.compress.sparsify import compute_masks
 
     # Five weights tie at 1 and four must go: the one at the lowest index stays, whatever the scope.
     model = _toy([[1, 0, 0, 0]], [[1, 1, 1, 1], [3, 1, 2, 2]])
@@ -93,7 +93,7 @@ def test_threshold_ties_keep_the_lower_index(scope):
 def test_wanda_matches_numpy_reference_on_a_real_model(tiny_models):
     import torch
 
-    from edgekit.converters.sparsify import compute_masks
+    from edgekit.converters.compress.sparsify import compute_masks
 
     model = _load(tiny_models["qwen2"])
     windows = _windows(tiny_models["qwen2"])
@@ -123,7 +123,7 @@ def test_wanda_matches_numpy_reference_on_a_real_model(tiny_models):
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
 def test_row_scope_prunes_the_same_count_in_every_row(method, tiny_models):
-    from edgekit.converters.sparsify import compute_masks
+    from edgekit.converters.compress.sparsify import compute_masks
 
     model = _load(tiny_models["phi3"])  # fused qkv and gate_up: still ordinary rows
     masks = compute_masks(model, _cfg(method=method, sparsity=0.3), _windows(tiny_models["phi3"]))
@@ -141,7 +141,7 @@ def test_row_scope_prunes_the_same_count_in_every_row(method, tiny_models):
 def test_layer_and_global_scopes(tiny_models):
     import torch
 
-    from edgekit.converters.sparsify import compute_masks, sparsity_stats
+    from edgekit.converters.compress.sparsify import compute_masks, sparsity_stats
 
     model = _load(tiny_models["llama"])
     quiet = "model.layers.0.mlp.down_proj.weight"
@@ -166,7 +166,7 @@ def test_layer_and_global_scopes(tiny_models):
 
 
 def test_2_4_pattern_and_check_n_m(tiny_models):
-    from edgekit.converters.sparsify import check_n_m, compute_masks, sparsity_stats
+    from edgekit.converters.compress.sparsify import check_n_m, compute_masks, sparsity_stats
 
     model = _load(tiny_models["phi3"])
     masks = compute_masks(model, _cfg(pattern="2:4"), _windows(tiny_models["phi3"]))
@@ -188,7 +188,7 @@ def test_2_4_pattern_and_check_n_m(tiny_models):
 
 
 def test_magnitude_2_4_keeps_the_two_largest_of_each_group(tiny_models):
-    from edgekit.converters.sparsify import compute_masks
+    from edgekit.converters.compress.sparsify import compute_masks
 
     model = _load(tiny_models["mistral"])
     masks = compute_masks(model, _cfg(method="magnitude", pattern="2:4"), None)
@@ -206,7 +206,7 @@ def test_magnitude_2_4_keeps_the_two_largest_of_each_group(tiny_models):
 def _adamw_steps(model, masks, steps: int, mask_grads: bool, reapply: bool) -> None:
     import torch
 
-    from edgekit.converters.sparsify import apply_masks, mask_gradients
+    from edgekit.converters.compress.sparsify import apply_masks, mask_gradients
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
@@ -226,7 +226,7 @@ def _adamw_steps(model, masks, steps: int, mask_grads: bool, reapply: bool) -> N
 def test_2_4_survives_adamw_only_with_masked_updates(mask_grads, reapply, tiny_models):
     """Either half alone keeps the zeros of a fresh optimizer (masked gradients leave AdamW's moments at zero
     there; decoupled weight decay keeps a zero a zero); with neither, the first step revives them."""
-    from edgekit.converters.sparsify import apply_masks, check_n_m, compute_masks
+    from edgekit.converters.compress.sparsify import apply_masks, check_n_m, compute_masks
 
     model = _load(tiny_models["llama"])
     masks = compute_masks(model, _cfg(method="magnitude", pattern="2:4"), None)
@@ -243,7 +243,7 @@ def test_2_4_survives_adamw_only_with_masked_updates(mask_grads, reapply, tiny_m
 def test_mask_gradients_zeroes_exactly_the_pruned_gradients(tiny_models):
     import torch
 
-    from edgekit.converters.sparsify import compute_masks, mask_gradients
+    from edgekit.converters.compress.sparsify import compute_masks, mask_gradients
 
     model = _load(tiny_models["qwen3"])
     masks = compute_masks(model, _cfg(method="magnitude", sparsity=0.5), None)
@@ -258,7 +258,7 @@ def test_mask_gradients_zeroes_exactly_the_pruned_gradients(tiny_models):
 
 
 def test_masks_from_dir_reads_zeros_and_refuses_bad_records(tmp_path):
-    from edgekit.converters.sparsify import masks_from_dir
+    from edgekit.converters.compress.sparsify import masks_from_dir
 
     model = _toy([[1, 0, 0, 0]], [[1, 0, 2, 0], [0, 3, 0, 0]])
     assert masks_from_dir(tmp_path, model) == {}
@@ -276,7 +276,7 @@ def test_masks_from_dir_reads_zeros_and_refuses_bad_records(tmp_path):
 def test_masks_must_fit_the_model(tiny_models):
     import torch
 
-    from edgekit.converters.sparsify import apply_masks, compute_masks, mask_gradients
+    from edgekit.converters.compress.sparsify import apply_masks, compute_masks, mask_gradients
 
     model = _load(tiny_models["llama"])
     with pytest.raises(EdgekitError, match="no such parameter"):
@@ -298,8 +298,8 @@ def test_masks_must_fit_the_model(tiny_models):
 def test_sparsified_model_reloads_and_matches_llamacpp(arch, kw, tiny_models, tmp_path):
     import gguf
 
-    from edgekit.converters.gguf_export import ConvertConfig, convert
-    from edgekit.converters.sparsify import check_n_m, masks_from_dir, sparsify, sparsity_stats
+    from edgekit.converters.compress.sparsify import check_n_m, masks_from_dir, sparsify, sparsity_stats
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
 
     src, out = tiny_models[arch], tmp_path / "s"
     r = sparsify(src, out, _cfg(**kw))
@@ -331,7 +331,7 @@ def test_sparsified_model_reloads_and_matches_llamacpp(arch, kw, tiny_models, tm
     ref = hf_logits(m, tokens)
     assert np.abs(ref - hf_logits(orig, tokens)).max() > 1e-2  # the zeros do change the model
     path = tmp_path / "s.gguf"
-    convert(ConvertConfig(source=out, output=path, quant="f32", progress=False))
+    write_gguf(out, path, GGUFConfig(quant="f32"), progress=False)
     layer_zeros = sum(int((t.data == 0).sum()) for t in gguf.GGUFReader(path).tensors if t.name.startswith("blk."))
     assert layer_zeros == zeros
     assert np.abs(llama_logits(path, tokens) - ref).max() < 1e-4
@@ -340,9 +340,9 @@ def test_sparsified_model_reloads_and_matches_llamacpp(arch, kw, tiny_models, tm
 def test_records_and_precision_carry_through(tmp_path):
     from safetensors import safe_open
 
-    from edgekit.converters.prune import PruneConfig, prune
-    from edgekit.converters.sparsify import sparsify
-    from edgekit.synth.models import build_tiny_model
+    from edgekit.converters.compress.prune import PruneConfig, prune
+    from edgekit.converters.compress.sparsify import sparsify
+    from edgekit.testing.models import build_tiny_model
 
     src = build_tiny_model(tmp_path / "src", "qwen3", dtype="bfloat16")
     prune(src, tmp_path / "p", PruneConfig(ffn=0.5, importance="weight"))  # prune, then sparsify what is left
@@ -358,7 +358,7 @@ def test_records_and_precision_carry_through(tmp_path):
 def test_failure_while_writing_leaves_nothing(tiny_models, tmp_path, monkeypatch):
     from transformers import PreTrainedModel
 
-    from edgekit.converters.sparsify import sparsify
+    from edgekit.converters.compress.sparsify import sparsify
 
     def boom(*_a, **_k):
         raise OSError("disk full")

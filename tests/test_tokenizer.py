@@ -1,7 +1,7 @@
 """Tokenizer conversion: llama.cpp, reading our GGUF metadata, must tokenize exactly like Hugging Face.
 
-Each style's tokenizer is trained offline (edgekit.synth.tokenizers), written into a GGUF with a
-"llama" architecture name and the tokenizer only, and loaded with llama_cpp(vocab_only=True).
+Each style's tokenizer is trained offline (edgekit.testing.tokenizers), written into a GGUF with a
+"llama" architecture name and the tokenizer only, and loaded by llama.cpp vocabulary-only.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 import gguf
 import pytest
 
-from edgekit.converters.tokenizer import TokenizerInfo, add_tokenizer
+from edgekit.converters.gguf.tokenizer import TokenizerInfo, add_tokenizer
 from edgekit.errors import EdgekitError
-from edgekit.synth.tokenizers import STYLES, build_tokenizer
+from edgekit.runtime.backends.llamacpp import Vocab
+from edgekit.testing.tokenizers import STYLES, build_tokenizer
 
 VOCAB = 512
 
@@ -90,7 +91,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def pair(built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     """style -> (HF tokenizer, llama.cpp vocab-only model, TokenizerInfo), loaded once per style."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("gguf")
@@ -100,7 +101,7 @@ def pair(built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
         if style not in loaded:
             path = root / f"{style}.gguf"
             info = write_vocab_gguf(path, built[style])
-            llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+            llm = Vocab.open(path)
             loaded[style] = (AutoTokenizer.from_pretrained(built[style]), llm, info)
         return loaded[style]
 
@@ -158,8 +159,8 @@ def test_llama_cpp_tokenizes_like_hf(pair, request: pytest.FixtureRequest, style
     else:
         text = TEXTS[name]
     expected = hf.encode(text, add_special_tokens=True)
-    # add_bos=True asks for the model's own special tokens (llama.cpp adds BOS only if add_bos_token).
-    got = llm.tokenize(text.encode(), add_bos=True, special=True)
+    # add_special=True asks for the model's own special tokens (llama.cpp adds BOS only if add_bos_token).
+    got = llm.tokenize(text, add_special=True)
     assert got == expected
 
 
@@ -168,12 +169,11 @@ def test_detokenize_round_trip(pair, style: str) -> None:
     hf, llm, info = pair(style)
     checked = 0
     for name, text in TEXTS.items():
-        # llama-cpp-python drops a leading space after a BOS: right for SentencePiece (HF's decoder
-        # strips the "▁" prefix too), wrong for byte-level BPE, so only SentencePiece keeps the BOS.
-        ids = hf.encode(text, add_special_tokens=info.model == "llama")
+        # Text tokens only: llama.cpp then strips SentencePiece's "▁" prefix, as HF's decoder does.
+        ids = hf.encode(text, add_special_tokens=False)
         if hf.decode(ids, skip_special_tokens=True) != text:
             continue  # HF itself is lossy here: nothing to compare against
-        assert llm.detokenize(ids).decode() == text, name
+        assert llm.detokenize(ids) == text, name
         checked += 1
     assert checked >= len(TEXTS) - 2
 
@@ -181,7 +181,7 @@ def test_detokenize_round_trip(pair, style: str) -> None:
 @pytest.mark.parametrize("style", STYLES)
 def test_metadata(pair, style: str) -> None:
     hf, llm, info = pair(style)
-    assert llm.n_vocab() == VOCAB
+    assert llm.n_vocab == VOCAB
     assert info.add_bos == (style in ("llama3", "spm"))
     assert info.model == ("llama" if style == "spm" else "gpt2")
     assert info.pre == {"gpt2": "gpt-2", "llama3": "llama-bpe", "qwen2": "qwen2", "spm": None, "phi3": "gpt-2"}[style]
@@ -189,9 +189,9 @@ def test_metadata(pair, style: str) -> None:
     if info.bos_id is not None:
         assert info.bos_id == hf.convert_tokens_to_ids(hf.bos_token)
     assert info.eos_id == hf.convert_tokens_to_ids(hf.eos_token)
-    assert llm.token_eos() == info.eos_id
+    assert llm.eos == info.eos_id
     if info.add_bos:
-        assert llm.token_bos() == info.bos_id
+        assert llm.bos == info.bos_id
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -201,10 +201,10 @@ def test_random_texts_match_hf(style: str, tmp_path: Path) -> None:
     SentencePiece style, no combining marks)."""
     import random
 
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     from transformers import AutoTokenizer
 
-    from edgekit.synth.tokenizers import training_files
+    from edgekit.testing.tokenizers import training_files
 
     rng = random.Random(1234)
     lines = [ln for f in training_files()[100:110] for ln in f.read_text().splitlines(keepends=True)]
@@ -218,8 +218,8 @@ def test_random_texts_match_hf(style: str, tmp_path: Path) -> None:
     path = tmp_path / "tok.gguf"
     write_vocab_gguf(path, tmp_path / "tok", 2048)
     hf = AutoTokenizer.from_pretrained(tmp_path / "tok")
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    bad = [t for t in texts if llm.tokenize(t.encode(), add_bos=True, special=True) != hf.encode(t)]
+    llm = Vocab.open(path)
+    bad = [t for t in texts if llm.tokenize(t, add_special=True) != hf.encode(t)]
     assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[0]!r}"
 
 
@@ -239,9 +239,9 @@ def test_padding_to_embedding_rows(built: dict[str, Path], tmp_path: Path) -> No
     assert texts[VOCAB:] == [f"[PAD{i}]" for i in range(VOCAB, VOCAB + 8)]
     assert set(kinds[VOCAB:]) == {gguf.TokenType.UNUSED}
     assert kinds[VOCAB - 1] == gguf.TokenType.CONTROL  # <|im_end|>
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    assert llm.n_vocab() == VOCAB + 8
+    pytest.importorskip("llama_cpp")
+    llm = Vocab.open(path)
+    assert llm.n_vocab == VOCAB + 8
 
 
 def test_vocab_larger_than_embedding(built: dict[str, Path], tmp_path: Path) -> None:
@@ -293,20 +293,19 @@ def test_spm_from_tokenizer_json_only(built: dict[str, Path], tmp_path: Path, pa
     d = _copy(built["spm"], tmp_path / "tok")
     (d / "tokenizer.model").unlink()
     hf, _, _ = pair("spm")
-    import llama_cpp
 
     path = tmp_path / "json-only.gguf"
     info = write_vocab_gguf(path, d)
     assert (info.model, info.add_bos, info.bos_id) == ("llama", True, 1)
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    llm = Vocab.open(path)
     for name, text in TEXTS.items():
         if ("spm", name) not in KNOWN_DIFFERENCES:
-            assert llm.tokenize(text.encode(), add_bos=True, special=True) == hf.encode(text), text
+            assert llm.tokenize(text, add_special=True) == hf.encode(text), text
 
 
 def test_digits_then_byte_level_is_smollm(built: dict[str, Path], tmp_path: Path) -> None:
     """SmolLM/StarCoder layout: Digits(individual_digits) before a regex-splitting ByteLevel."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     from transformers import AutoTokenizer
 
     d = _copy(built["gpt2"], tmp_path / "tok")
@@ -322,9 +321,9 @@ def test_digits_then_byte_level_is_smollm(built: dict[str, Path], tmp_path: Path
     path = tmp_path / "smollm.gguf"
     assert write_vocab_gguf(path, d).pre == "smollm"
     hf = AutoTokenizer.from_pretrained(d)
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    llm = Vocab.open(path)
     for text in TEXTS.values():
-        assert llm.tokenize(text.encode(), add_bos=True, special=True) == hf.encode(text), text
+        assert llm.tokenize(text, add_special=True) == hf.encode(text), text
 
 
 def test_add_prefix_space_rejected(built: dict[str, Path], tmp_path: Path) -> None:

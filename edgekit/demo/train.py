@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from edgekit.synth.tokenizers import build_tokenizer
+    from edgekit.io.hf import load_tokenizer
+    from edgekit.testing.tokenizers import build_tokenizer
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     # Trained on plain token streams (files separated by eos), never after a BOS: the tokenizer adds none.
     build_tokenizer(args.out, "llama3", VOCAB, lines=corpus.lines(train_files, TOKENIZER_TEXT_BYTES), add_bos=False)
-    tok = AutoTokenizer.from_pretrained(args.out)
+    tok = load_tokenizer(args.out)
     train = tokenize_files(tok, train_files)
     heldout = tokenize_files(tok, heldout_files)
     print(f"corpus: {len(train_files)} files / {len(train):,} tokens train, {len(heldout_files)} files / "

@@ -24,7 +24,7 @@ FORMATS = {".gguf": "gguf", ".pte": "pte"}
 def model_file(path: str | Path, verify: bool = True) -> Path:
     """The model file a path stands for: the file itself, or the model of a bundle directory (its checksums
     verified unless verify=False). One clear error for anything else."""
-    from edgekit import bundle
+    from edgekit.runtime import bundle
 
     path = Path(path)
     if not path.exists():
@@ -53,13 +53,13 @@ def load(path: str | Path, *, n_ctx: int | None = None, verify: bool = True, **o
         with open(f, "rb") as fh:
             fmt = "gguf" if fh.read(4) == b"GGUF" else None
     if fmt == "gguf":
-        from edgekit.runtime.gguf import GGUFModel
+        from edgekit.runtime.backends.llamacpp import LlamaCppModel
 
-        return GGUFModel(f, n_ctx=n_ctx, **options)
+        return LlamaCppModel(f, n_ctx=n_ctx, **options)
     if fmt == "pte":
         if options:
             raise EdgekitError(f"{f}: options {', '.join(options)} are for .gguf models only")
-        from edgekit.runtime.pte import PteModel
+        from edgekit.runtime.backends.executorch import PteModel
 
         return PteModel(f, n_ctx=n_ctx)
     raise EdgekitError(f"{f}: unsupported model file (expected a .gguf, a .pte or an edgekit bundle directory)")

@@ -1,1 +1,0 @@
-"""Small synthetic artefacts (tokenizers, models) built offline for tests and demos."""
