@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,8 +37,7 @@ FTYPES = {"f16": (1, False), "bf16": (32, False), "q8_0": (7, False), "q6_k": (1
 _log_lines: collections.deque[str] = collections.deque(maxlen=40)
 
 
-def llama_cpp() -> Any:
-    """The llama_cpp module, or one clear line if the extra is not installed."""
+def _import() -> Any:
     try:
         import llama_cpp as ll
     except ImportError:
@@ -45,12 +45,60 @@ def llama_cpp() -> Any:
     return ll
 
 
+def llama_cpp() -> Any:
+    """The llama_cpp module with a CPU backend loaded, or one clear line if the extra is not installed."""
+    ll = _import()
+    _load_backends(ll)
+    return ll
+
+
+@functools.cache
+def _ggml(lib_dir: Path) -> ctypes.CDLL:
+    """ggml's own library next to libllama (already loaded by it: dlopen hands back the same one)."""
+    for name in ("libggml.so", "libggml.dylib", "ggml.dll"):
+        if (lib_dir / name).exists():
+            g = ctypes.CDLL(str(lib_dir / name))
+            g.ggml_backend_reg_count.restype = ctypes.c_size_t
+            g.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+            return g
+    raise EdgekitError(f"{lib_dir}: llama-cpp-python has no ggml library there (reinstall it)")
+
+
+def lib_dir(ll: Any) -> Path:
+    """Where llama-cpp-python's shared libraries are (LLAMA_CPP_LIB_PATH overrides, as llama_cpp reads it)."""
+    return Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(ll.__file__).parent / "lib")
+
+
+def _load_backends(ll: Any) -> None:
+    """A portable build (GGML_BACKEND_DL with GGML_CPU_ALL_VARIANTS, as .ci/setup makes it) ships one CPU
+    backend per x86 feature level, as separate libraries, and registers none by itself: load the best one
+    this CPU runs. A build with one built-in CPU backend has it registered already."""
+    g = _ggml(lib_dir(ll))
+    if g.ggml_backend_reg_count() == 0:
+        with _CapturedLog():  # ("load_backend: loaded CPU backend from ...")
+            g.ggml_backend_load_all_from_path(str(lib_dir(ll)).encode())
+        if g.ggml_backend_reg_count() == 0:
+            raise EdgekitError(f"{lib_dir(ll)}: llama.cpp found no CPU backend this CPU can run")
+
+
+def cpu_backend() -> str:
+    """Which of llama.cpp's CPU backend libraries this process runs ("libggml-cpu-haswell.so"), or
+    "built in" for a build with a single CPU backend (for `edgekit doctor`)."""
+    llama_cpp()
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    found = sorted({Path(line.split()[-1]).name for line in maps.splitlines() if "libggml-cpu-" in line})
+    return ", ".join(found) or "built in"
+
+
 class _CapturedLog:
     """llama.cpp's log goes to `_log_lines` inside the block; llama-cpp-python's own callback (errors only)
     is put back afterwards."""
 
     def __enter__(self) -> None:
-        ll = llama_cpp()
+        ll = _import()
 
         @ll.llama_log_callback
         def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
@@ -66,7 +114,7 @@ class _CapturedLog:
         from llama_cpp import _logger
 
         _logger.set_verbose(False)
-        llama_cpp().llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        _import().llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _why() -> str:
