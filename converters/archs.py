@@ -126,6 +126,9 @@ def get_arch(name: str, where: str) -> Arch:
         raise EdgekitError(f"{where}: unsupported architecture {name!r} (supported: {supported})") from None
 
 
+_OPTIONAL = {"sliding_window"}  # keys that may be absent or null
+
+
 @dataclass(frozen=True)
 class HParams:
     """The hyperparameters llama.cpp needs, read from a transformers config.json."""
@@ -146,29 +149,45 @@ class HParams:
 
     @staticmethod
     def from_config(cfg: dict[str, Any], where: str) -> HParams:
-        def need(key: str) -> Any:
-            if key not in cfg:
-                raise EdgekitError(f"{where}: config.json lacks {key!r}")
-            return cfg[key]
+        """Every value checked for its type and range: a config.json is user input."""
+        def num(key: str, kind: type, default: Any = None, low: float = 1) -> Any:
+            v = cfg.get(key)
+            if v is None:  # absent or null: the default, if the key has one
+                if default is None and key not in _OPTIONAL:
+                    raise EdgekitError(f"{where}: config.json lacks {key!r}")
+                return default
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+            if not ok or not math.isfinite(v) or v < low:
+                want = "an integer" if kind is int else "a number"
+                raise EdgekitError(f"{where}: config.json {key!r} must be {want} >= {low}, not {v!r}")
+            return kind(v)
 
-        n_embd, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
+        n_embd, n_head = num("hidden_size", int), num("num_attention_heads", int)
         # transformers 5 keeps rope settings in rope_parameters; older configs use rope_theta/rope_scaling.
-        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise EdgekitError(f"{where}: config.json rope_parameters must be an object, not {rope!r}")
+        rope = dict(rope)
         theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+        if not isinstance(theta, int | float) or isinstance(theta, bool) or not theta > 0:
+            raise EdgekitError(f"{where}: config.json rope_theta must be a positive number, not {theta!r}")
+        tie = cfg.get("tie_word_embeddings", False)
+        if not isinstance(tie, bool):
+            raise EdgekitError(f"{where}: config.json tie_word_embeddings must be true or false, not {tie!r}")
         return HParams(
-            n_vocab=int(need("vocab_size")),
+            n_vocab=num("vocab_size", int),
             n_embd=n_embd,
-            n_layer=int(need("num_hidden_layers")),
+            n_layer=num("num_hidden_layers", int),
             n_head=n_head,
-            n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
-            head_dim=int(cfg.get("head_dim") or n_embd // n_head),
-            n_ff=int(need("intermediate_size")),
-            n_ctx=int(cfg.get("max_position_embeddings", 4096)),
+            n_head_kv=num("num_key_value_heads", int, n_head),
+            head_dim=num("head_dim", int, n_embd // n_head),
+            n_ff=num("intermediate_size", int),
+            n_ctx=num("max_position_embeddings", int, 4096),
             rope_theta=float(theta),
-            rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            rms_eps=num("rms_norm_eps", float, 1e-6, low=0),
+            tie_embeddings=tie,
             rope=rope,
-            sliding_window=cfg.get("sliding_window"),
+            sliding_window=num("sliding_window", int),
         )
 
     @property

@@ -36,7 +36,7 @@ from typing import Any
 
 from edgekit.converters.compress import distributed as dist
 from edgekit.errors import EdgekitError
-from edgekit.io.output import check_output_dir, check_output_path
+from edgekit.io.output import check_output_dir, check_output_path, temp_path
 
 FORMAT = "edgekit-recipe"
 VERSION = 1
@@ -464,7 +464,7 @@ def write(recipe: Recipe, path: Path) -> None:
         import yaml
 
         text = yaml.safe_dump(d, sort_keys=False)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

@@ -51,7 +51,7 @@ from edgekit.converters.compress.training import (
 )
 from edgekit.errors import EdgekitError
 from edgekit.io.hf import load_model
-from edgekit.io.output import atomic_dir, check_output_dir
+from edgekit.io.output import atomic_dir, check_output_dir, temp_path
 from edgekit.io.text import text_windows
 from edgekit.quiet import quiet_transformers
 
@@ -561,7 +561,7 @@ def _save_checkpoint(ckpt_dir: Path, step: int, fingerprint, model_state, optim_
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"{CHECKPOINT_PREFIX}{step:07d}.pt"
-    tmp = ckpt_dir / f".{final.name}.tmp"
+    tmp = temp_path(final)
     torch.save({"step": step, "fingerprint": fingerprint, "model": model_state,
                 "optimizer": optim_state, "scheduler": sched.state_dict(), "before": before,
                 "rng": torch.get_rng_state()}, tmp)

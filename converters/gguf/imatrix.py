@@ -30,6 +30,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.io.hf import load_model, load_tokenizer, special_prefix
+from edgekit.io.output import temp_path
 from edgekit.quiet import quiet_transformers
 
 # name -> (sum over tokens of x^2 per input column, float32; number of tokens)
@@ -173,7 +174,7 @@ def save(path: Path, stats: Stats, *, dataset: str, chunks: int | None = None, c
         raise EdgekitError(f"{path}: no imatrix data to save")
     if chunks is None:
         chunks = -(-max(n for _, n in stats.values()) // ctx)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     writer = gguf.GGUFWriter(tmp, arch="")
     # llama.cpp's imatrix files carry no architecture; gguf-py always adds one.
     writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)

@@ -28,7 +28,7 @@ from edgekit.converters.gguf.quantize import quantize_tensor
 from edgekit.errors import EdgekitError
 from edgekit.io.checkpoint import open_checkpoint
 from edgekit.io.gguf_reader import read_header, tensor_nbytes
-from edgekit.io.output import check_output_path
+from edgekit.io.output import check_output_path, temp_path
 from edgekit.progress import bar, human_bytes, peak_rss_bytes
 
 RECIPE_KEY = "edgekit.recipe"  # the recipe (prune/distill/export steps) that made the model, as JSON
@@ -113,7 +113,7 @@ def write_gguf(source: str | Path, output: str | Path, cfg: GGUFConfig | None = 
     types = choose_types(shapes, scheme, plan.n_layer)
     imatrix = _imatrix(cfg, plan, progress) if cfg.imatrix else None
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = temp_path(out)
     written = 0
     writer = gguf.GGUFWriter(tmp, plan.arch)
     try:

@@ -38,10 +38,10 @@ from typing import Any, NamedTuple
 
 from edgekit.converters import archs
 from edgekit.converters.pte.qat import LinearPlan, QatConfig, QatReport, check_config, quantization_aware_finetune
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, require
 from edgekit.io.checkpoint import open_checkpoint
 from edgekit.io.hf import first_line, load_config, load_model, load_tokenizer
-from edgekit.io.output import check_output_path
+from edgekit.io.output import check_output_path, temp_path
 from edgekit.progress import human_bytes, peak_rss_bytes
 from edgekit.quiet import quiet_torch_logs
 
@@ -119,6 +119,8 @@ def export_pte(source: str | Path, output: str | Path, cfg: PteConfig | None = N
     cfg = cfg or PteConfig()
     log = log or (lambda _msg: None)
     _check_options(cfg)
+    require("executorch.exir")  # before any work: one line if the pte extra is missing
+    require("torchao.quantization")
     out = Path(output)
     check_output_path(out, ".pte")
     src = Path(source)
@@ -249,6 +251,7 @@ def prepare_model(source: Path, quant: str, group_size: int = 32, embedding_quan
 
     Tests compare the .pte against this model, so it is public."""
     quiet_torch_logs()
+    require("torchao.quantization")
     import torch
 
     if qat is not None and quant != "8da4w":
@@ -608,4 +611,4 @@ def _versions() -> dict[str, str]:
 
 
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return temp_path(path)

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, require
 from edgekit.progress import human_bytes
 from edgekit.quiet import quiet_torch_logs
 
@@ -30,6 +30,7 @@ def inspect_pte(path: str | Path) -> dict[str, Any]:
     if len(head) < 8 or head[4:6] != b"ET":  # flatbuffer file identifier "ET??" at offset 4
         raise EdgekitError(f"{path}: not an ExecuTorch program (no 'ET' file identifier)")
     quiet_torch_logs()
+    require("executorch.runtime", "inspecting a .pte")
     from executorch.runtime import Runtime
 
     try:

@@ -11,12 +11,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
+from edgekit.io.output import temp_path
 
 MANIFEST = "manifest.json"
 SCHEMA = "edgekit-bundle"
@@ -74,13 +74,13 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
         "created_by": {"edgekit": __version__},
     }
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp = temp_path(out, directory=True)
     except OSError as e:
         raise EdgekitError(f"{out}: cannot write the bundle ({e.strerror or e})") from None
     umask = os.umask(0)
     os.umask(umask)
     try:
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the bundle from the app's build tools
+        tmp.chmod(0o777 & ~umask)  # as a directory made by the user, whatever umask the temp path got
         for f in files:
             shutil.copyfile(f, tmp / f.name)
             manifest["files"].append({"path": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(tmp / f.name)})

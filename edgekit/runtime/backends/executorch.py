@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, require
 from edgekit.quiet import native_stderr_dropped, quiet_torch_logs
 from edgekit.runtime.base import Model
 from edgekit.runtime.chat_template import ChatTemplate
@@ -32,6 +32,7 @@ class EtModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise EdgekitError(f"{self.path}: no such file")
+        require("executorch.runtime", "running a .pte")
         register_kernels()
         from executorch.runtime import Runtime
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, require
 from edgekit.io.gguf_reader import read_header
 from edgekit.runtime.base import Model
 from edgekit.runtime.chat_template import ChatTemplate
@@ -38,11 +38,7 @@ _log_lines: collections.deque[str] = collections.deque(maxlen=40)
 
 
 def _import() -> Any:
-    try:
-        import llama_cpp as ll
-    except ImportError:
-        raise EdgekitError("running a .gguf needs llama-cpp-python (pip install 'edgekit[llama]')") from None
-    return ll
+    return require("llama_cpp")
 
 
 def llama_cpp() -> Any:
@@ -54,8 +50,15 @@ def llama_cpp() -> Any:
 
 @functools.cache
 def _ggml(lib_dir: Path) -> ctypes.CDLL:
-    """ggml's own library next to libllama (already loaded by it: dlopen hands back the same one)."""
-    for name in ("libggml.so", "libggml.dylib", "ggml.dll"):
+    """ggml's own library, the very file libllama loaded: a wheel stores libggml.so and libggml.so.0 as two
+    copies (no symlinks in wheels), and the other copy would be a second ggml with its own empty registry."""
+    try:  # Linux: the one already mapped into this process
+        maps = Path("/proc/self/maps").read_text().split()
+        mapped = sorted({m for m in maps if m.startswith(str(lib_dir)) and Path(m).name.startswith("libggml.so")})
+    except OSError:
+        mapped = []
+    names = [Path(m).name for m in mapped] or ["libggml.so", "libggml.dylib", "ggml.dll"]
+    for name in names:
         if (lib_dir / name).exists():
             g = ctypes.CDLL(str(lib_dir / name))
             g.ggml_backend_reg_count.restype = ctypes.c_size_t
