@@ -67,6 +67,8 @@ def add_parsers(sub: Any) -> None:
     add_model_args(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this device only)")
     sv.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080; 0 picks a free one)")
+    sv.add_argument("--max-queue", type=int, default=8, metavar="N",
+                    help="requests that may wait for the model while it answers another; more get 429 (default: 8)")
     sv.add_argument("-q", "--quiet", action="store_true", help="no request log")
     add_sampling_args(sv, max_tokens=512)
     sv.set_defaults(func=_serve)
@@ -96,5 +98,5 @@ def _bundle(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     params = sampling(args)
     with load_for_run(args) as model:
-        serve(model, args.host, args.port, defaults=params, log=not args.quiet)
+        serve(model, args.host, args.port, defaults=params, log=not args.quiet, max_queue=args.max_queue)
     return 0
