@@ -157,9 +157,10 @@ class HParams:
                     raise EdgekitError(f"{where}: config.json lacks {key!r}")
                 return default
             ok = isinstance(v, int | float) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
-            if not ok or not math.isfinite(v) or v < low:
-                want = "an integer" if kind is int else "a number"
-                raise EdgekitError(f"{where}: config.json {key!r} must be {want} >= {low}, not {v!r}")
+            high = 2**31 - 1 if kind is int else 1e30  # GGUF stores these counts as 32-bit integers
+            if not ok or not math.isfinite(v) or not low <= v <= high:
+                want = f"an integer in {low}..{high}" if kind is int else f"a number >= {low}"
+                raise EdgekitError(f"{where}: config.json {key!r} must be {want}, not {v!r}")
             return kind(v)
 
         n_embd, n_head = num("hidden_size", int), num("num_attention_heads", int)

@@ -86,7 +86,16 @@ class _Vocab:
 def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> TokenizerInfo:
     """Write the tokenizer of the checkpoint in `model_dir` into `writer`, padded to `vocab_size`
     (the model's embedding rows). Raises EdgekitError on anything llama.cpp would get wrong."""
-    model_dir = Path(model_dir)
+    try:
+        return _add_tokenizer(writer, Path(model_dir), vocab_size)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+        # The tokenizer files are user input read as nested JSON: a value of the wrong type or shape surfaces
+        # as one of these somewhere below; it is the files' problem, said as such.
+        raise EdgekitError(f"{model_dir}: malformed tokenizer files (tokenizer.json / tokenizer_config.json: "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unexpected value'})") from None
+
+
+def _add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> TokenizerInfo:
     tok_json_path = model_dir / "tokenizer.json"
     spm_path = model_dir / "tokenizer.model"
     tok_json = _read_json(tok_json_path) if tok_json_path.is_file() else None

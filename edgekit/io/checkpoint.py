@@ -45,8 +45,9 @@ class Checkpoint:
     @property
     def architecture(self) -> str:
         archs = self.config.get("architectures") or []
-        if not archs:
-            raise EdgekitError(f"{self.path / 'config.json'}: no 'architectures' entry")
+        if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+            raise EdgekitError(f"{self.path / 'config.json'}: 'architectures' must be a list of class names, "
+                               f"not {archs!r}")
         return archs[0]
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:

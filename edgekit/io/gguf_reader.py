@@ -90,7 +90,8 @@ class _Reader:
 
     def __init__(self, f: BinaryIO, size: int, path: Path) -> None:
         self.f, self.size, self.path = f, size, path
-        self.buf, self.at, self.base = b"", 0, 0   # window, position in it, file offset of its start
+        self.buf: bytes | bytearray = b""              # the window
+        self.at, self.base = 0, 0                        # position in it, file offset of its start
 
     @property
     def pos(self) -> int:
@@ -104,14 +105,18 @@ class _Reader:
         if n < 0 or self.pos + n > self.size:
             raise EdgekitError(f"{self.path}: truncated or corrupt GGUF ({what} needs {n:,} bytes at byte "
                                f"{self.pos:,}; the file has {self.size:,})")
-        if self.at + n > len(self.buf):
-            rest = self.buf[self.at:]
+        if self.at + n > len(self.buf):  # a new window: what is left of this one, then the file (no extra copy)
+            rest = memoryview(self.buf)[self.at:]
+            want = min(max(n, WINDOW), self.size - self.pos)
+            buf = bytearray(want)
+            buf[:len(rest)] = rest
+            got = self.f.readinto(memoryview(buf)[len(rest):])
             self.base += self.at
-            self.buf, self.at = rest + self.f.read(max(n, WINDOW) - len(rest)), 0
+            self.buf, self.at = buf[:len(rest) + got] if len(rest) + got < want else buf, 0
 
-    def take(self, n: int, what: str) -> bytes:
+    def take(self, n: int, what: str) -> memoryview:
         self.need(n, what)
-        b = self.buf[self.at:self.at + n]
+        b = memoryview(self.buf)[self.at:self.at + n]
         self.at += n
         return b
 
@@ -129,7 +134,7 @@ class _Reader:
         n = self.count(f"{what} length", 1)
         if n > MAX_STRING:
             raise self.corrupt(f"{what} of {n:,} bytes")
-        return self.take(n, what).decode("utf-8", errors="replace")
+        return str(self.take(n, what), "utf-8", "replace")
 
     def vtype(self, what: str) -> GGUFValueType:
         raw = self.unpack("<I", what)
@@ -163,7 +168,7 @@ class _Reader:
                 if k > MAX_STRING:
                     raise self.corrupt(f"item of {key!r} of {k:,} bytes")
                 self.need(k, f"item of {key!r}")
-                out.append(self.buf[self.at:self.at + k].decode("utf-8", errors="replace"))
+                out.append(self.buf[self.at:self.at + k].decode("utf-8", errors="replace"))  # (small: a copy is fine)
                 self.at += k
             return sub, out
         raise self.corrupt(f"array {key!r} of {sub.name} (nested arrays are not GGUF)")
