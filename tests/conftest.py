@@ -71,3 +71,18 @@ def llama_pte(tiny_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pte_runtime") / "llama.pte"
     export_pte(tiny_models["llama"], out, PteConfig(quant="fp32", max_seq_len=PTE_CONTEXT, max_prefill=PTE_PREFILL))
     return out
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """EDGEKIT_MODULE_REPORT=1: list edgekit's modules that no test of this run imported (the fast tier must
+    leave none out)."""
+    import os
+    import sys
+
+    if os.environ.get("EDGEKIT_MODULE_REPORT") != "1":
+        return
+    from test_layers import modules
+
+    missing = sorted(m for m in modules() if m not in sys.modules)
+    print(f"\nmodules imported by this run's tests: {len(modules()) - len(missing)} of {len(modules())}"
+          + (f"; never imported: {', '.join(missing)}" if missing else ""))

@@ -33,6 +33,15 @@ def assert_clean_error(r: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
+# The .pte variants export a program first (seconds): the slow tier's.
+BACKENDS = ["gguf", pytest.param("pte", marks=pytest.mark.slow)]
+
+
+def _model(backend: str, f32_ggufs: dict[str, Path], request: pytest.FixtureRequest) -> Path:
+    """The tiny Llama in that format; the .pte fixture is built only when a test asks for it."""
+    return f32_ggufs["llama"] if backend == "gguf" else request.getfixturevalue("llama_pte")
+
+
 def _opts(model: Path) -> list[str]:
     return FAST if model.suffix == ".gguf" else []
 
@@ -70,9 +79,9 @@ def test_generate_greedy_text_equals_transformers(f32_ggufs, tiny_models):
         assert r.stdout == ref[:ref.index(stop)]
 
 
-@pytest.mark.parametrize("backend", ["gguf", "pte"])
-def test_same_seed_same_text_on_reruns(backend, f32_ggufs, llama_pte):
-    model = f32_ggufs["llama"] if backend == "gguf" else llama_pte
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_same_text_on_reruns(backend, f32_ggufs, request):
+    model = _model(backend, f32_ggufs, request)
     args = ["generate", model, "def fib(n):", "-n", 40, "--temp", 1.0, "--top-k", 0, "--top-p", 1.0, *_opts(model)]
     a, b, c = run(*args, "--seed", 7), run(*args, "--seed", 7), run(*args, "--seed", 8)
     for r in (a, b, c):
@@ -81,6 +90,7 @@ def test_same_seed_same_text_on_reruns(backend, f32_ggufs, llama_pte):
     assert c.stdout != a.stdout
 
 
+@pytest.mark.slow
 def test_bad_model_files_are_one_line_errors(tmp_path):
     (tmp_path / "junk.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage")
     (tmp_path / "junk.pte").write_bytes(b"\x00" * 64)
@@ -94,11 +104,11 @@ def test_bad_model_files_are_one_line_errors(tmp_path):
 # -- chat over pipes ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["gguf", "pte"])
-def test_conversation_longer_than_the_context(backend, f32_ggufs, llama_pte):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conversation_longer_than_the_context(backend, f32_ggufs, request):
     """Ten turns of ~20 tokens plus 24-token answers in a 128-token context: old turns are dropped (the system
     prompt stays), every turn is answered, a message longer than the context is refused and the chat goes on."""
-    model = f32_ggufs["llama"] if backend == "gguf" else llama_pte
+    model = _model(backend, f32_ggufs, request)
     ctx = ["--ctx", PTE_CONTEXT] if backend == "gguf" else []
     turns = [f"message number {i}: please tell me about the function fib and its {i} friends" for i in range(10)]
     lines = [x for t in turns for x in (t, "/stats")]
@@ -217,9 +227,9 @@ def test_chat_under_a_terminal(f32_ggufs):
 # -- bundle ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["gguf", "pte"])
-def test_bundle_loads_and_a_corrupt_one_is_refused(backend, f32_ggufs, llama_pte, tmp_path):
-    model = f32_ggufs["llama"] if backend == "gguf" else llama_pte
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bundle_loads_and_a_corrupt_one_is_refused(backend, f32_ggufs, request, tmp_path):
+    model = _model(backend, f32_ggufs, request)
     target = "android" if backend == "pte" else "linux"
     out = tmp_path / "app-assets"
     r = run("bundle", model, "--target", target, "-o", out, "--temp", 0.5)

@@ -141,6 +141,7 @@ def test_requantize_refuses_quantized_input(tiny_models, tmp_path):
     assert_clean_error(run("convert", q, "-o", tmp_path / "o.gguf"), "already Q8_0")
 
 
+@pytest.mark.slow
 def test_demo_convert_end_to_end(tmp_path):
     """The README's main job: the packaged demo teacher -> Q4_K_M GGUF -> llama.cpp on held-out text."""
     out = tmp_path / "demo.gguf"

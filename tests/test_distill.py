@@ -84,6 +84,7 @@ def test_uniform_layer_map():
     assert uniform_layer_map(1, 6) == [(0, 5)]
 
 
+@pytest.mark.slow
 def test_distillation_moves_a_student_towards_the_teacher(tiny_models, tmp_path):
     """Every loss term on, a fresh student with a narrower FFN: the KL to the teacher on held-out text falls,
     and the output is an HF model of the student's shape with a record of how it was made."""
@@ -104,6 +105,7 @@ def test_distillation_moves_a_student_towards_the_teacher(tiny_models, tmp_path)
     assert record["config"]["gamma"] == 1.0 and record["report"]["steps"] == 30
 
 
+@pytest.mark.slow
 def test_a_bf16_teacher_gives_nearly_the_fp32_targets(tiny_models, tmp_path):
     """--teacher-dtype bfloat16 halves the teacher's memory; its held-out perplexity stays within 1 %."""
     from edgekit.converters.compress.distill import DistillConfig, distill
@@ -134,6 +136,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_after_a_killed_run_continues_at_the_right_step(tiny_models, tmp_path):
     """SIGKILL mid-training, --resume: it picks up after the newest checkpoint and ends where an
     uninterrupted run ends (the batch order depends only on seed and step)."""
@@ -165,6 +168,7 @@ def test_resume_after_a_killed_run_continues_at_the_right_step(tiny_models, tmp_
     assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "b")) < 1e-6
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_other_options(tiny_models, tmp_path):
     ck = tmp_path / "ck"
     first = subprocess.run(_distill_cmd(tiny_models["llama"], tmp_path / "a", "--steps", "2", "--checkpoint-dir",
@@ -175,6 +179,7 @@ def test_resume_refuses_a_checkpoint_of_other_options(tiny_models, tmp_path):
     assert other.returncode == 1 and "different lr" in other.stderr and "Traceback" not in other.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(tiny_models, tmp_path):
     """DDP and FSDP over gloo, 2 processes x 2 sequences = 1 process x 4 sequences (and 4 micro-batches of 1):
     the same updates up to float rounding; a different global batch is far off (the test can fail)."""
@@ -208,6 +213,7 @@ def test_torchrun_two_processes_equal_one_process(tiny_models, tmp_path):
     (["--batch-size", "4", "--micro-batch", "3"], "split evenly"),
     (["--steps", "0"], "steps must be at least 1"),
 ])
+@pytest.mark.slow
 def test_bad_options_fail_in_one_line(tiny_models, tmp_path, extra, message):
     r = subprocess.run(_distill_cmd(tiny_models["llama"], tmp_path / "s", *extra, "--beta", "1"),
                        capture_output=True, text=True)

@@ -52,12 +52,18 @@ def gguf_f32(tiny_models, tmp_path_factory) -> Path:
 NO_EXECUTORCH = "import sys\nfor m in ('executorch', 'torchao'):\n    sys.modules[m] = None"
 
 
-def test_pte_commands_without_the_executorch_extra(tiny_models, llama_pte, tmp_path):
-    """sys.modules[name] = None is how Python itself reports an absent package: ImportError on import."""
-    for args in (["convert", tiny_models["llama"], "-o", tmp_path / "m.pte"], ["inspect", llama_pte],
-                 ["generate", llama_pte, "hi", "-n", "2"]):
+def test_pte_commands_without_the_executorch_extra(tiny_models, tmp_path):
+    """sys.modules[name] = None is how Python itself reports an absent package: ImportError on import. (The
+    program is never run, so a file with a .pte's identifier stands in for one.)"""
+    pte = tmp_path / "programs" / "m.pte"
+    pte.parent.mkdir()
+    pte.write_bytes(b"\0\0\0\0ET12" + bytes(56))
+    out = tmp_path / "out"
+    out.mkdir()
+    for args in (["convert", tiny_models["llama"], "-o", out / "m.pte"], ["inspect", pte],
+                 ["generate", pte, "hi", "-n", "2"]):
         one_line(run(*args, code=NO_EXECUTORCH), 1, "pip install 'edgekit[pte]'")
-    assert not any(tmp_path.iterdir())
+    assert not any(out.iterdir())
 
 
 def test_gguf_commands_without_llama_cpp(gguf_f32):

@@ -237,6 +237,7 @@ def test_cli_errors(cli_main, tiny_models, data, tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("edgekit: error:") and needle in err[0], err
 
 
+@pytest.mark.slow
 def test_pte_perplexity_matches_hf(tiny_models, tmp_path):
     """An fp32 .pte run by the ExecuTorch runtime scores like its HF original (and finds its own tokenizer)."""
     from edgekit.converters.pte.export import PteConfig, export_pte

@@ -68,6 +68,7 @@ def _rel(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(got - ref).max() / np.abs(ref).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fp32_matches_transformers(arch, tiny_models, fp32_ptes):
     import torch
@@ -89,6 +90,7 @@ def test_fp32_matches_transformers(arch, tiny_models, fp32_ptes):
     assert _pte_greedy(m, tokens, N_NEW) == _eager_greedy(eager, tokens, N_NEW)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(QUANTIZED))
 def test_8da4w_matches_eager_torchao(arch, tiny_models, int4_ptes):
     """The .pte against the eager torchao-quantized model (same int4 weights, bf16 group scales, int8
@@ -121,6 +123,7 @@ def test_8da4w_matches_eager_torchao(arch, tiny_models, int4_ptes):
     assert man["program"]["bytes"] < 0.35 * (4 * man["model"]["n_params"])  # int4: well under a quarter of fp32
 
 
+@pytest.mark.slow
 def test_sidecars_and_metadata(tiny_models, fp32_ptes):
     from transformers import AutoTokenizer
 
@@ -148,6 +151,7 @@ def test_sidecars_and_metadata(tiny_models, fp32_ptes):
     assert "get_bos_id" not in EtModel(fp32_ptes["qwen2"]).metadata
 
 
+@pytest.mark.slow
 def test_portable_attention_path(tiny_models, tmp_path):
     """custom_ops=False: transformers' own static-cache export (plain sdpa, no ExecuTorch LLM ops)."""
     import torch
@@ -165,6 +169,7 @@ def test_portable_attention_path(tiny_models, tmp_path):
     assert "llm_custom_ops" not in json.loads(manifest_path(pte).read_text())["program"]["needs_kernels"]
 
 
+@pytest.mark.slow
 def test_inspect(int4_ptes):
     from edgekit.inspect.pte import format_report, inspect_pte
 
@@ -225,6 +230,7 @@ def one_layer(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("one") / "qwen2", "qwen2", layers=1, hidden=64, ffn=128)
 
 
+@pytest.mark.slow
 def test_unlowerable_op_is_named_and_nothing_is_written(one_layer, tmp_path, monkeypatch):
     import torch
     from transformers.models.qwen2 import modeling_qwen2
@@ -246,6 +252,7 @@ def test_unlowerable_op_is_named_and_nothing_is_written(one_layer, tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_failed_write_leaves_no_partial_file(one_layer, tmp_path, monkeypatch):
     from executorch.exir.program._program import ExecutorchProgramManager
 

@@ -36,3 +36,22 @@ def test_truncated_and_foreign_files(tiny_models, tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"PK\x03\x04" + bytes(100))
     with pytest.raises(EdgekitError, match="not a GGUF file"):
         read_header(tmp_path / "x.gguf")
+
+
+def test_inspect_agrees_with_gguf_py(tiny_models, tmp_path):
+    """`edgekit inspect`'s summary, in process: types, sizes and parameter counts from gguf-py's own reading."""
+    from edgekit.inspect import format_report, inspect_file
+
+    out = tmp_path / "m.gguf"
+    write_gguf(tiny_models["phi3"], out, GGUFConfig(quant="q4_k_m"), progress=False)
+    info = inspect_file(out, tensors=True)
+    ref = gguf.GGUFReader(out)
+    assert info["format"] == "gguf" and info["architecture"] == "phi3" and info["n_tensors"] == len(ref.tensors)
+    assert info["n_params"] == sum(int(t.n_elements) for t in ref.tensors)
+    by_type: dict[str, int] = {}
+    for t in ref.tensors:
+        by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + 1
+    assert {k: v["tensors"] for k, v in info["types"].items()} == by_type
+    text = format_report(info)
+    assert "architecture  phi3" in text and "tensors" in text and ref.tensors[0].name in text
+    assert "tensors" not in inspect_file(out)

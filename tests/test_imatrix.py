@@ -232,6 +232,7 @@ def _f32(src: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_cli_convert_with_calibration_text(models, tmp_path):
     src = models["qwen2"]
     (tmp_path / "calib.txt").write_text(CALIB)

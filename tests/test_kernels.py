@@ -445,6 +445,7 @@ def test_c_test_native(tmp_path_factory) -> None:
 # cortex-a53 / a72 (Pi 3 / Pi 4): armv8.0, no sdot; a76 (Pi 5): dotprod; max: dotprod + i8mm.
 @pytest.mark.parametrize("cpu,level", [("cortex-a53", "neon"), ("cortex-a72", "neon"), ("cortex-a76", "dotprod"),
                                        ("max", "i8mm")])
+@pytest.mark.slow
 def test_aarch64_under_qemu(aarch64_test: Path, cpu: str, level: str) -> None:
     out, f = _run_c_test(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-cpu", cpu, str(aarch64_test)])
     assert f["level"] == level, out
@@ -454,6 +455,7 @@ def test_aarch64_under_qemu(aarch64_test: Path, cpu: str, level: str) -> None:
     assert tested == ["neon", "dotprod", "i8mm"][: tested.index(level) + 1]
 
 
+@pytest.mark.slow
 def test_aarch64_env_var_under_qemu(aarch64_test: Path) -> None:
     qemu = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-cpu"]
     out, f = _run_c_test([*qemu, "max", str(aarch64_test)], env_level="neon")
@@ -462,6 +464,7 @@ def test_aarch64_env_var_under_qemu(aarch64_test: Path) -> None:
     assert f["level"] == "neon" and "not available" in out  # clamped down, never up: sdot would SIGILL here
 
 
+@pytest.mark.slow
 def test_armhf_under_qemu(armhf_test: Path) -> None:
     out, f = _run_c_test(["qemu-arm", "-L", "/usr/arm-linux-gnueabihf", str(armhf_test)])
     assert f["level"] == "neon", out

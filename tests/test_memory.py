@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 _CHILD = """
 import json, resource, sys
 from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
@@ -20,6 +22,7 @@ def _peak(src, out, quant) -> dict:
     return json.loads(r.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_peak_rss_is_not_model_size(tiny_models, tmp_path):
     from edgekit.testing.models import build_tiny_model
 

@@ -244,6 +244,7 @@ def test_ffn_width_rounding(n, frac, keep):
     assert _keep_ffn(n, frac) == keep
 
 
+@pytest.mark.slow
 def test_pruned_model_exports_to_pte(tiny_models, tmp_path):
     """The .pte exporter takes a pruned model too (heads, FFN and a layer gone; Qwen3's head_dim kept)."""
     from edgekit.converters.compress.prune import prune

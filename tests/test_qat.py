@@ -51,6 +51,7 @@ def test_kl_matches_hand_computation():
     assert float(kl_divergence(torch.log_softmax(torch.tensor(t), -1), torch.log_softmax(torch.tensor(t), -1))) == 0
 
 
+@pytest.mark.slow
 def test_qat_recovers_and_exports(tiny_models, calib, tmp_path):
     """The fine-tune lowers the KL to the float model; the converted model exports, and the .pte computes
     what the eager converted model does."""

@@ -34,6 +34,7 @@ def _recipe_kv(gguf_path: Path) -> dict:
     return json.loads(bytes(field.parts[-1]).decode())
 
 
+@pytest.mark.slow
 def test_prune_distill_to_gguf_matches_the_student_in_llamacpp(tiny_models, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
@@ -64,6 +65,7 @@ def test_prune_distill_to_gguf_matches_the_student_in_llamacpp(tiny_models, tmp_
     assert "prune ffn=0.5 -> distill 4 steps (alpha 0.5, T 2.0) -> export f32" in shown
 
 
+@pytest.mark.slow
 def test_fresh_student_distilled_to_pte_runs_in_executorch(tiny_models, tmp_path):
     """A student from config overrides (half the layers), exported to .pte straight away."""
     import torch
@@ -86,6 +88,7 @@ def test_fresh_student_distilled_to_pte_runs_in_executorch(tiny_models, tmp_path
     assert manifest["recipe"]["steps"][0]["distill"]["student"] == {"num_hidden_layers": 1}
 
 
+@pytest.mark.slow
 def test_recipe_file_gives_the_same_student_as_the_flags(tiny_models, tmp_path):
     _run("convert", str(tiny_models["llama"]), "-o", str(tmp_path / "a"), "--prune", "ffn=0.5,importance=weight",
          "--distill", TINY_DISTILL, "--data", DATA, "--save-recipe", str(tmp_path / "plan.yaml"), "--threads", "1",
@@ -101,6 +104,7 @@ def test_recipe_file_gives_the_same_student_as_the_flags(tiny_models, tmp_path):
     assert str(tmp_path) not in text and "format: edgekit-recipe" in text
 
 
+@pytest.mark.slow
 def test_the_pipeline_under_torchrun_equals_one_process(tiny_models, tmp_path):
     """`torchrun -m edgekit convert`: rank 0 prunes and writes, both ranks train (DDP, half the batch each)."""
     flags = ["--prune", "ffn=0.5,importance=weight", "--distill", TINY_DISTILL, "--data", DATA, "--threads", "1", "-q"]
@@ -116,6 +120,7 @@ def test_the_pipeline_under_torchrun_equals_one_process(tiny_models, tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5
 
 
+@pytest.mark.slow
 def test_a_2_4_mask_stays_2_4_through_distillation(tiny_models, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
@@ -137,6 +142,7 @@ def test_a_2_4_mask_stays_2_4_through_distillation(tiny_models, tmp_path):
     assert float(changed.max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_an_interrupted_pipeline_resumes_from_its_work_dir(tiny_models, tmp_path):
     """Killed during distillation: --resume reuses the finished pruning step and the newest checkpoint."""
     args = ["convert", str(tiny_models["llama"]), "-o", str(tmp_path / "s"), "--prune", "ffn=0.5,importance=weight",
@@ -158,6 +164,7 @@ def test_an_interrupted_pipeline_resumes_from_its_work_dir(tiny_models, tmp_path
     assert (tmp_path / "s" / "model.safetensors").is_file() and not (tmp_path / "s.work").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_are_valid(path):
     from edgekit.converters import recipe as rc
@@ -192,6 +199,7 @@ def test_bad_recipes_fail_in_one_line(tmp_path, text, message):
     (["--prune", "ffn=0.5", "--quant", "8da4w"], "not a .gguf scheme"),
     (["--steps", "5"], "only with --prune, --sparsify, --distill or --recipe"),
 ])
+@pytest.mark.slow
 def test_bad_pipeline_flags_fail_in_one_line(tiny_models, tmp_path, extra, message):
     r = subprocess.run([*EDGEKIT, "convert", str(tiny_models["llama"]), "-o", str(tmp_path / "s.gguf"),
                         "--data", DATA, *extra], capture_output=True, text=True, cwd=tmp_path)

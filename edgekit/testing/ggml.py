@@ -7,11 +7,24 @@ reads."""
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType as QT
+
+
+def loaded_ggml_libraries() -> dict[str, str]:
+    """Paths of ggml's base and CPU-backend libraries as this process has them mapped, after the binding
+    loaded llama.cpp."""
+    from edgekit.runtime.backends.llamacpp import llama_cpp
+
+    llama_cpp()
+    maps = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libggml-" in line}
+    found = {"base": [m for m in maps if Path(m).name.startswith("libggml-base")],
+             "cpu": [m for m in maps if Path(m).name.startswith("libggml-cpu")]}
+    if not found["base"] or not found["cpu"]:
+        raise RuntimeError(f"ggml's libraries are not loaded ({sorted(maps)})")
+    return {k: v[0] for k, v in found.items()}
 
 
 class _InitParams(ctypes.Structure):
@@ -34,12 +47,11 @@ class Ggml:
     ggml reads the very bytes edgekit reads."""
 
     def __init__(self) -> None:
-        spec = importlib.util.find_spec("llama_cpp")
-        if spec is None or spec.origin is None:
-            raise RuntimeError("llama-cpp-python is not installed")
-        libdir = Path(spec.origin).parent / "lib"
-        self.base = ctypes.CDLL(str(libdir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-        self.cpu = ctypes.CDLL(str(libdir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+        # The very libraries llama.cpp runs here: the binding loads its CPU backend (in a portable build, the
+        # variant for this CPU), and the mapped files are opened again (dlopen hands back the same ones).
+        libs = loaded_ggml_libraries()
+        self.base = ctypes.CDLL(libs["base"], mode=ctypes.RTLD_GLOBAL)
+        self.cpu = ctypes.CDLL(libs["cpu"], mode=ctypes.RTLD_GLOBAL)
         vp, b, c = ctypes.c_void_p, self.base, self.cpu
         b.ggml_init.restype, b.ggml_init.argtypes = vp, [_InitParams]
         b.ggml_free.argtypes = [vp]
