@@ -73,6 +73,23 @@ def llama_pte(tiny_models, tmp_path_factory) -> Path:
     return out
 
 
+def stop_gracefully(p) -> str:
+    """SIGTERM a server subprocess (`edgekit serve`): it must exit 0 within 30 s; its stderr, as text."""
+    import signal
+    import subprocess
+
+    p.send_signal(signal.SIGTERM)
+    try:
+        rc = p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise
+    err = p.stderr.read()
+    err = err.decode() if isinstance(err, bytes) else err
+    assert rc == 0, err
+    return err
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:
     """EDGEKIT_MODULE_REPORT=1: list edgekit's modules that no test of this run imported (the fast tier must
     leave none out)."""

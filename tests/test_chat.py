@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PTE_CONTEXT, prompt_tokens
+from conftest import PTE_CONTEXT, prompt_tokens, stop_gracefully
 
 EDGEKIT = [sys.executable, "-m", "edgekit"]
 FAST = ["--threads", "1"]  # the test machine's cores are shared: one llama.cpp thread is the quickest here
@@ -272,13 +272,7 @@ def server(f32_ggufs):
         port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
         yield p, port
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            rc = p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            raise
-        assert rc == 0, p.stderr.read().decode()
+        stop_gracefully(p)
 
 
 def _post(port: int, body: object) -> tuple[int, bytes, str]:

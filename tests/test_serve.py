@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import stop_gracefully
 
 from edgekit.runtime.serve import MAX_BODY, ChatServer
 
@@ -31,18 +31,6 @@ def _start(model: Path, *extra: str) -> tuple[subprocess.Popen, int]:
     m = re.search(r"127\.0\.0\.1:(\d+)", line)
     assert m, line + p.stderr.read()
     return p, int(m.group(1))
-
-
-def _stop(p: subprocess.Popen) -> str:
-    p.send_signal(signal.SIGTERM)
-    try:
-        rc = p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        raise
-    err = p.stderr.read()
-    assert rc == 0, err
-    return err
 
 
 def _post(port: int, body: bytes | object, timeout: float = 120) -> tuple[int, dict | None]:
@@ -113,7 +101,7 @@ def test_200_requests_from_8_threads(f32_ggufs):
         assert p.poll() is None, "the server died"
         assert _post(port, VALID)[0] == 200
     finally:
-        _stop(p)
+        stop_gracefully(p)
     print(f"\nserve load: {sum(got.values())} requests from 8 threads in {seconds:.1f} s: "
           + ", ".join(f"{n} -> {s}: {c}" for (n, s), c in sorted(got.items(), key=str)))
     assert sum(got.values()) == 200
@@ -140,7 +128,7 @@ def test_more_clients_than_the_queue_get_429(f32_ggufs):
         for t in threads:
             t.join(timeout=600)
     finally:
-        _stop(p)
+        stop_gracefully(p)
     # one generating, one waiting: at least two answered; others, arriving meanwhile, turned away
     assert statuses.count(200) >= 2 and statuses.count(429) >= 1 and set(statuses) <= {200, 429}, statuses
 
@@ -163,7 +151,7 @@ def test_a_client_that_leaves_stops_its_generation(f32_ggufs):
         assert _post(port, {"messages": MSGS, "max_tokens": 1})[0] == 200
         after = time.perf_counter() - t
     finally:
-        _stop(p)
+        stop_gracefully(p)
     assert after < 0.5 * full, (after, full)
 
 
