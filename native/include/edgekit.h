@@ -1,4 +1,5 @@
-/* libedgekit: quantizers and matmul kernels for ggml's block formats.
+/* libedgekit: quantizers and matmul kernels for ggml's block formats, and a small runtime that runs
+ * the GGUF files edgekit writes (load, forward, tokenize, sample, chat).
  * Plain C11 API; no Python headers. Type ids use ggml/GGUF numbering. */
 #ifndef EDGEKIT_H
 #define EDGEKIT_H
@@ -13,10 +14,13 @@ extern "C" {
 enum ek_type {
     EK_TYPE_F32 = 0,
     EK_TYPE_F16 = 1,
+    EK_TYPE_Q5_0 = 6,
+    EK_TYPE_Q5_1 = 7,
     EK_TYPE_Q8_0 = 8,
     EK_TYPE_Q4_K = 12,
     EK_TYPE_Q6_K = 14,
     EK_TYPE_Q8_K = 15, /* activations only: 256 values, float d, int8 qs[256], int16 bsums[16] */
+    EK_TYPE_BF16 = 30,
 };
 
 /* Library version string, e.g. "0.1.0". */
@@ -118,6 +122,162 @@ int ek_matmul(int type, const void *w, int64_t nrows, int64_t ncols, const float
  * input shared by several projections. Hand-made Q8_0 activations must avoid -128. */
 int ek_matmul_q(int type, const void *w, int64_t nrows, int64_t ncols, const void *xq, int64_t ntokens, float *y,
                 int nthreads);
+
+/* ==== runtime: load a GGUF, run it, tokenize, sample, chat ====================================
+ * Conventions: functions return ek_status (0 ok, > 0 recoverable, < 0 error; on an error the message
+ * is in ek_last_error() of the calling thread and the object is as it was before the call). Every
+ * create has its free; free(NULL) is a no-op. Param structs are zero-initialisable: a 0 field takes
+ * its documented default, so `&(ek_session_params){.n_ctx = 2048}` works and new fields can be added
+ * at the end without breaking callers (their `size`-less literals zero the new ones). */
+
+#define EK_ABI_VERSION 1 /* bumped on any incompatible change to the declarations below */
+/* ABI version of the loaded library: compare with EK_ABI_VERSION to detect a header/library mismatch. */
+int ek_abi_version(void);
+
+typedef enum ek_status {
+    EK_OK = 0,
+    EK_ABORTED = 1,           /* ek_abort() was called; the session stays usable */
+    EK_CONTEXT_FULL = 2,      /* no room left in the KV cache for the tokens asked */
+    EK_ERR_INVALID = -1,      /* a bad argument */
+    EK_ERR_IO = -2,           /* a file could not be opened, mapped or read */
+    EK_ERR_FORMAT = -3,       /* a malformed or hostile file */
+    EK_ERR_UNSUPPORTED = -4,  /* a valid file this runtime cannot run (architecture, tensor type, template) */
+    EK_ERR_NOMEM = -5,
+    EK_ERR_BUFFER = -6,       /* an output buffer was too small; the size needed is reported */
+} ek_status;
+
+/* Name of a status ("ok", "aborted", "format error", ...). */
+const char *ek_status_name(int status);
+
+typedef struct ek_model ek_model;     /* weights (mmap of the GGUF), vocabulary, template: read-only, shareable */
+typedef struct ek_session ek_session; /* KV cache, sampler state, stats: one thread at a time */
+
+typedef struct ek_model_params {
+    int32_t reserved; /* no options yet */
+} ek_model_params;
+
+/* Map a GGUF v3 file and check every header field, metadata value, tensor offset, extent and alignment
+ * before anything is used; weights are never copied. params may be NULL. */
+ek_status ek_model_load(const char *path, const ek_model_params *params, ek_model **out);
+void ek_model_free(ek_model *model);
+
+typedef struct ek_model_info {
+    const char *arch;        /* general.architecture: "llama", "qwen2", "qwen3", "phi3" (Mistral is "llama") */
+    const char *name;        /* general.name, "" if absent */
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff;
+    int64_t n_params;        /* weights, counted over the tensors */
+    uint64_t file_bytes;
+    int32_t bos, eos, eot;   /* token ids, -1 if absent */
+    int32_t add_bos;         /* whether ek_tokenize(add_special=1) prepends bos */
+} ek_model_info;
+
+/* Fill info; its strings belong to the model. */
+ek_status ek_model_get_info(const ek_model *model, ek_model_info *info);
+/* A metadata value as text (numbers formatted, arrays as "[n items]"), or NULL if the key is absent. */
+const char *ek_model_meta(const ek_model *model, const char *key);
+
+typedef struct ek_session_params {
+    int32_t n_ctx;           /* KV-cache positions; 0: min(4096, the model's training context) */
+    int32_t n_threads;       /* decode threads; 0: the physical cores, at most 8 */
+    int32_t n_threads_batch; /* prefill threads; 0: n_threads */
+    int32_t n_batch;         /* most tokens per forward pass; 0: 512 */
+    int32_t kv_type;         /* EK_TYPE_F16 (0: default) or EK_TYPE_F32 */
+} ek_session_params;
+
+ek_status ek_session_new(const ek_model *model, const ek_session_params *params, ek_session **out);
+void ek_session_free(ek_session *session);
+
+/* Run n tokens at positions pos..pos+n-1 (forgetting anything cached at or after pos; 0 <= pos <= the
+ * positions cached) in batches of n_batch, keeping the last token's logits, or every token's if
+ * logits_all. EK_CONTEXT_FULL if pos + n > n_ctx, EK_ABORTED if aborted between batches (the cache
+ * then holds the batches that finished: ek_session_n_past says how many). */
+ek_status ek_decode(ek_session *session, const int32_t *tokens, int32_t n, int32_t pos, int logits_all);
+/* Logits (n_vocab floats) of row i of the last ek_decode: 0..n-1 with logits_all, else only i = -1 (the
+ * last token). NULL if there is no such row. Valid until the next call on the session. */
+const float *ek_logits(const ek_session *session, int32_t i);
+/* Positions in the KV cache. */
+int32_t ek_session_n_past(const ek_session *session);
+
+/* Ask a running call on the session (decode, generate, chat) to stop at the next token or batch; callable
+ * from any thread. The call returns EK_ABORTED and the flag clears. */
+void ek_abort(ek_session *session);
+
+/* ---- text ---- */
+
+/* Tokens of len bytes of UTF-8 text, as llama.cpp tokenizes (pre-tokenizer from tokenizer.ggml.pre: gpt2,
+ * llama-bpe, qwen2, smollm...; or SentencePiece). add_special: prepend bos when the model asks for it;
+ * parse_special: text of special tokens ("<|im_end|>") becomes those tokens. Writes at most cap ids and sets
+ * *n_out to the count; EK_ERR_BUFFER if cap was too small (*n_out is then the count needed). */
+ek_status ek_tokenize(const ek_model *model, const char *text, size_t len, int add_special, int parse_special,
+                      int32_t *out, int32_t cap, int32_t *n_out);
+/* Bytes of one token (a byte-level BPE token may be part of a UTF-8 character); special tokens give their
+ * text only if special != 0, else "". Writes at most cap bytes (no NUL) and sets *n_out; EK_ERR_BUFFER as above. */
+ek_status ek_token_to_piece(const ek_model *model, int32_t token, int special, char *buf, int32_t cap,
+                            int32_t *n_out);
+/* Whether a token is a control token (not text). */
+int ek_token_is_special(const ek_model *model, int32_t token);
+
+/* ---- sampling: the same chain and the same seeded stream as edgekit's Python sampler ---- */
+
+typedef struct ek_sampling {
+    float temperature;       /* 0: greedy */
+    int32_t top_k;           /* 0: off */
+    float top_p;             /* 0 or 1: off */
+    float min_p;             /* 0: off */
+    float repeat_penalty;    /* 0 or 1: off */
+    int32_t repeat_last_n;   /* tokens the penalty looks at; 0: 64 */
+    uint64_t seed;
+    int32_t max_tokens;      /* ek_generate / ek_chat: most tokens to generate; 0: 256 */
+    int32_t ignore_eos;      /* never sample stop tokens */
+} ek_sampling;
+
+/* edgekit's defaults (llama.cpp's): temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, no penalty. */
+ek_sampling ek_sampling_default(void);
+
+typedef struct ek_sampler ek_sampler;
+ek_status ek_sampler_new(const ek_sampling *params, ek_sampler **out);
+void ek_sampler_free(ek_sampler *sampler);
+/* Draw a token from n_vocab logits; recent: the last n_recent tokens of the sequence (for the penalty). */
+int32_t ek_sampler_sample(ek_sampler *sampler, const float *logits, int32_t n_vocab, const int32_t *recent,
+                          int32_t n_recent);
+
+/* ---- chat ---- */
+
+typedef struct ek_message {
+    const char *role;    /* "system", "user", "assistant" */
+    const char *content; /* UTF-8 */
+} ek_message;
+
+/* Render messages with the model's chat template (tokenizer.chat_template, recognised as one of the
+ * families edgekit meets: ChatML/Qwen, Llama 3, Mistral/Llama 2 [INST], Phi-3, Zephyr; EK_ERR_UNSUPPORTED for
+ * another). Writes at most cap bytes plus a NUL and sets *n_out to the length; EK_ERR_BUFFER as above. */
+ek_status ek_chat_format(const ek_model *model, const ek_message *messages, size_t n, int add_generation_prompt,
+                         char *buf, size_t cap, size_t *n_out);
+
+/* Receives generated text in whole UTF-8 characters; return nonzero to stop the generation. */
+typedef int (*ek_piece_fn)(const char *piece, size_t len, void *user);
+
+/* Tokenize prompt (add_special, parse_special), reuse the cached prefix it shares with the session's
+ * sequence, prefill the rest, then sample until a stop token, max_tokens or a full context, streaming the
+ * text through on_piece. The session keeps the sequence, so a following call continues from it. */
+ek_status ek_generate(ek_session *session, const char *prompt, const ek_sampling *sampling, ek_piece_fn on_piece,
+                      void *user);
+/* ek_chat_format(messages, add_generation_prompt=1), then ek_generate. */
+ek_status ek_chat(ek_session *session, const ek_message *messages, size_t n, const ek_sampling *sampling,
+                  ek_piece_fn on_piece, void *user);
+
+typedef struct ek_stats {
+    double load_ms;          /* of the model */
+    double prefill_ms;       /* last generate/chat (or the ek_decode calls since the last reset of stats) */
+    double decode_ms;
+    double first_token_ms;   /* from the call to the first sampled token */
+    int64_t n_prefill;       /* tokens prefilled (not reused from the cache) */
+    int64_t n_decode;        /* tokens decoded one by one */
+    int64_t n_reused;        /* prompt tokens found in the cache */
+    int64_t peak_rss_bytes;  /* of the process, 0 where the OS does not say */
+} ek_stats;
+
+ek_status ek_session_stats(const ek_session *session, ek_stats *stats);
 
 /* Message for the last failed call on this thread ("" if none). */
 const char *ek_last_error(void);
