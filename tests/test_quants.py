@@ -15,7 +15,8 @@ from edgekit.testing import quants_ref
 
 K_TYPES = [QT.Q4_K, QT.Q6_K]
 ALL_TYPES = [QT.Q8_0, QT.Q4_K, QT.Q6_K]
-BLOCK_BYTES = {QT.Q8_0: 34, QT.Q4_K: 144, QT.Q6_K: 210}
+Q5_TYPES = [QT.Q5_0, QT.Q5_1]  # llama.cpp's fallbacks for rows that are not whole super-blocks
+BLOCK_BYTES = {QT.Q8_0: 34, QT.Q4_K: 144, QT.Q6_K: 210, QT.Q5_0: 22, QT.Q5_1: 24}
 
 
 def twin(x: np.ndarray, qtype: QT, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -115,6 +116,30 @@ def test_q8_0_matches_gguf_py(case: str) -> None:
     x = CASES[case]
     ref = gguf.quants.quantize(x, QT.Q8_0)
     assert_same_bytes(qn.quantize(x, QT.Q8_0), ref.reshape(x.shape[0], -1), QT.Q8_0, case)
+
+
+@pytest.mark.parametrize("qtype", Q5_TYPES, ids=lambda t: t.name)
+def test_q5_without_imatrix_matches_gguf_py(qtype: QT) -> None:
+    """gguf-py's Q5_0/Q5_1 are ggml's reference quantizers transcribed; ours must give the same bytes. ("sparse"
+    is left out: its all-zero blocks hold -0.0, and gguf-py keeps that sign in the scale where ggml, and we,
+    store +0.0 / -0.0 by ggml's own comparisons; the llama.cpp test below is the authority.)"""
+    for case, x in CASES.items():
+        if case == "sparse":
+            continue
+        ref = gguf.quants.quantize(x, qtype).reshape(x.shape[0], -1)
+        assert_same_bytes(qn.quantize(x, qtype), ref, qtype, case)
+
+
+@pytest.mark.parametrize("qtype", Q5_TYPES, ids=lambda t: t.name)
+def test_q5_imatrix_lowers_weighted_error(qtype: QT) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, 512)).astype(np.float32)
+    im = np.exp(rng.normal(0, 2, 512)).astype(np.float32)
+
+    def weighted_err(q: np.ndarray) -> float:
+        return float((((gguf.quants.dequantize(q, qtype).reshape(x.shape) - x) ** 2) * im).sum())
+
+    assert weighted_err(qn.quantize(x, qtype, im)) < 0.9 * weighted_err(qn.quantize(x, qtype))
 
 
 # ----------------------------------------------------------------------------- (c) reconstruction
@@ -252,15 +277,15 @@ def _tiny_llama_tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def _write_tiny_llama(path, tensors: dict[str, np.ndarray]) -> None:
+def _write_tiny_llama(path, tensors: dict[str, np.ndarray], n_layer: int = 1, n_head_kv: int = N_HEAD) -> None:
     wr = gguf.GGUFWriter(str(path), "llama")
     wr.add_name("edgekit-quant-test")
     wr.add_context_length(128)
     wr.add_embedding_length(N_EMBD)
-    wr.add_block_count(1)
+    wr.add_block_count(n_layer)
     wr.add_feed_forward_length(N_FF)
     wr.add_head_count(N_HEAD)
-    wr.add_head_count_kv(N_HEAD)
+    wr.add_head_count_kv(n_head_kv)
     wr.add_rope_dimension_count(N_EMBD // N_HEAD)
     wr.add_layer_norm_rms_eps(1e-5)
     wr.add_vocab_size(N_VOCAB)
@@ -280,11 +305,11 @@ def _write_tiny_llama(path, tensors: dict[str, np.ndarray]) -> None:
     wr.close()
 
 
-_SCHEMES = {QT.Q8_0: "q8_0", QT.Q4_K: "q4_k", QT.Q6_K: "q6_k"}
+_SCHEMES = {QT.Q8_0: "q8_0", QT.Q4_K: "q4_k", QT.Q6_K: "q6_k", QT.Q5_0: "q5_0", QT.Q5_1: "q5_1"}
 
 
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
-@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", ALL_TYPES + Q5_TYPES, ids=lambda t: t.name)
 def test_byte_identical_to_llama_cpp(tmp_path, qtype: QT, with_imatrix: bool) -> None:
     pytest.importorskip("llama_cpp")
     from edgekit.runtime.backends.llamacpp import quantize as llama_quantize
@@ -314,3 +339,37 @@ def test_byte_identical_to_llama_cpp(tmp_path, qtype: QT, with_imatrix: bool) ->
         assert_same_bytes(ours, theirs, qtype, f"{t.name} (imatrix={with_imatrix})")
         seen += 1
     assert seen == 9
+
+
+@pytest.mark.parametrize("n_layer", [16, 22, 32])
+def test_q4_k_m_mix_matches_llama_cpp_on_deep_models(tmp_path, n_layer: int) -> None:
+    """llama.cpp's Q4_K_M gives Q6_K to attn_v / ffn_down in its "more bits" layers; at 16+ layers the
+    (i - n/8) % 3 rule picks a sparse middle set. Our choice must be llama.cpp's, tensor by tensor."""
+    pytest.importorskip("llama_cpp")
+    from edgekit.converters.gguf.mix import SCHEMES, choose_types
+    from edgekit.runtime.backends.llamacpp import quantize as llama_quantize
+
+    rng = np.random.default_rng(n_layer)
+    kv = N_EMBD // N_HEAD  # one KV head keeps attn_k / attn_v small (GQA, as deep models have)
+
+    def w(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+
+    tensors = {"token_embd.weight": w(N_VOCAB, N_EMBD), "output_norm.weight": np.ones(N_EMBD, np.float32),
+               "output.weight": w(N_VOCAB, N_EMBD)}
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        tensors |= {p + "attn_norm.weight": np.ones(N_EMBD, np.float32), p + "attn_q.weight": w(N_EMBD, N_EMBD),
+                    p + "attn_k.weight": w(kv, N_EMBD), p + "attn_v.weight": w(kv, N_EMBD),
+                    p + "attn_output.weight": w(N_EMBD, N_EMBD), p + "ffn_norm.weight": np.ones(N_EMBD, np.float32),
+                    p + "ffn_gate.weight": w(N_EMBD, N_EMBD), p + "ffn_up.weight": w(N_EMBD, N_EMBD),
+                    p + "ffn_down.weight": w(N_EMBD, N_EMBD)}
+    src = tmp_path / "f32.gguf"
+    _write_tiny_llama(src, tensors, n_layer=n_layer, n_head_kv=1)
+    q = llama_quantize(src, tmp_path / "q.gguf", "q4_k_m")
+    theirs = {t.name: t.tensor_type for t in gguf.GGUFReader(q).tensors}
+    ours = choose_types({n: a.shape for n, a in tensors.items()}, SCHEMES["q4_k_m"], n_layer)
+    assert ours == theirs
+    six = sorted(int(n.split(".")[1]) for n, t in theirs.items() if n.endswith("ffn_down.weight") and t == QT.Q6_K)
+    print(f"n_layer={n_layer}: Q6_K attn_v/ffn_down in layers {six}")
+    assert 0 < len(six) < n_layer

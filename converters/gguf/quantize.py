@@ -1,7 +1,7 @@
 """One entry point to turn a float32 tensor into the bytes of a GGML type.
 
-K-quants and Q8_0 run in libedgekit (C, multithreaded); the small fallback types that
-gguf-py already quantizes exactly like ggml (F16, BF16, Q5_0, Q5_1) use gguf-py.
+K-quants, Q8_0 and the Q5_0/Q5_1 fallbacks run in libedgekit (C, multithreaded, imatrix-aware like
+ggml); BF16 uses gguf-py, which rounds exactly like ggml.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 T = GGMLQuantizationType
-NATIVE = {T.Q8_0, T.Q4_K, T.Q6_K}
-IMATRIX_AWARE = {T.Q4_K, T.Q6_K}
+NATIVE = {T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q6_K}
+IMATRIX_AWARE = {T.Q5_0, T.Q5_1, T.Q4_K, T.Q6_K}
 
 
 def quantize_tensor(x: np.ndarray, qtype: GGMLQuantizationType, imatrix: np.ndarray | None = None,

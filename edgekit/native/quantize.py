@@ -18,7 +18,8 @@ from edgekit.native import lib
 
 # Types the C library quantizes; values are ggml's type ids (and the C enum's).
 NATIVE_TYPES: frozenset[GGMLQuantizationType] = frozenset(
-    {GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K}
+    {GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q5_1, GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_K,
+     GGMLQuantizationType.Q6_K}
 )
 
 _F32_P = ctypes.POINTER(ctypes.c_float)
@@ -79,7 +80,7 @@ def quantize(
     x: (rows, n_per_row) array (1-D is one row; more dims are flattened into rows). Anything that
     is not C-contiguous float32 is converted first (a copy).
     imatrix: optional importance weights, one non-negative finite value per column (n_per_row),
-    as llama.cpp's imatrix gives them; steers Q4_K/Q6_K's scale search, ignored by Q8_0.
+    as llama.cpp's imatrix gives them; steers the scale search of every type but Q8_0 (ignored).
     nthreads: worker threads; <= 0 uses every online CPU. The result does not depend on it.
 
     Returns uint8 of shape (rows, row_size(qtype, n_per_row)).

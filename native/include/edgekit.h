@@ -26,13 +26,14 @@ enum ek_type {
 /* Library version string, e.g. "0.1.0". */
 const char *ek_version(void);
 
-/* Bytes one row of n_per_row values takes in `type` (F32, F16, Q8_0, Q4_K, Q6_K, Q8_K); 0 if the
+/* Bytes one row of n_per_row values takes in `type` (F32, F16, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, Q8_K); 0 if the
  * type is unsupported or n_per_row is not a positive multiple of its block size. */
 size_t ek_row_size(int type, int64_t n_per_row);
 
-/* Quantize nrows rows of n_per_row float32 values into dst (ek_row_size * nrows bytes).
- * imatrix: NULL, or n_per_row non-negative importance weights (per column) that steer the
- * scale search. nthreads <= 0 uses all online CPUs. Returns bytes written, 0 on error. */
+/* Quantize nrows rows of n_per_row float32 values into dst (ek_row_size * nrows bytes) as Q5_0,
+ * Q5_1, Q8_0, Q4_K or Q6_K, byte-identical to ggml. imatrix: NULL, or n_per_row non-negative
+ * importance weights (per column) that steer the scale search (Q8_0 ignores it).
+ * nthreads <= 0 uses all online CPUs. Returns bytes written, 0 on error. */
 size_t ek_quantize(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row,
                    const float *imatrix, int nthreads);
 

@@ -61,5 +61,15 @@ static inline int ek_imax(int a, int b) { return a > b ? a : b; }
 void ek_quantize_row_q8_0(const float *x, void *dst, int64_t n_per_row, const float *imatrix);
 void ek_quantize_row_q4_k(const float *x, void *dst, int64_t n_per_row, const float *imatrix);
 void ek_quantize_row_q6_k(const float *x, void *dst, int64_t n_per_row, const float *imatrix);
+void ek_quantize_row_q5_0(const float *x, void *dst, int64_t n_per_row, const float *imatrix);
+void ek_quantize_row_q5_1(const float *x, void *dst, int64_t n_per_row, const float *imatrix);
+
+/* ggml's weighted scale + offset search (make_qkx3_quants) over EK_FIT_LANES independent groups of
+ * 32 values side by side: xt[i][j] is value i of group j. Levels 0..nmax; x ~= scale*L - neg_min.
+ * Shared by Q4_K (its 8 sub-blocks) and Q5_1 (8 blocks at a time). In quant_q4_k.c. */
+#define EK_FIT_LANES 8
+void ek_fit_scale_min(const float xt[32][EK_FIT_LANES], const float wt[32][EK_FIT_LANES], int nmax, float rmin,
+                      float rdelta, int nstep, int32_t Lt[32][EK_FIT_LANES], float scale_out[EK_FIT_LANES],
+                      float neg_min_out[EK_FIT_LANES]);
 
 #endif

@@ -25,7 +25,7 @@ static inline int level(float iscale, float x, float anchor, int nmax) {
  * sub-block j. Each lane performs exactly the scalar algorithm's operations in the same order
  * (every sum stays sequential in i), so the bytes match ggml; what changes is that 8 independent
  * dependency chains can overlap (and be vectorized) instead of one long chain of float adds. */
-static void fit_scale_min(const float xt[SUB][NSUB], const float wt[SUB][NSUB], int nmax, float rmin,
+void ek_fit_scale_min(const float xt[SUB][NSUB], const float wt[SUB][NSUB], int nmax, float rmin,
                           float rdelta, int nstep, int32_t Lt[SUB][NSUB], float scale_out[NSUB],
                           float neg_min_out[NSUB]) {
     float lo[NSUB], hi[NSUB], sum_w[NSUB], sum_x[NSUB], scale[NSUB], best[NSUB], iscale[NSUB];
@@ -250,7 +250,7 @@ static void block_plain(const float *x, ek_block_q4_k *blk) {
     for (int i = 0; i < SUB; i++) {
         for (int j = 0; j < NSUB; j++) wt[i][j] = av_x[j] + fabsf(xt[i][j]);
     }
-    fit_scale_min((const float(*)[NSUB])xt, (const float(*)[NSUB])wt, 15, -1.0f, 0.1f, 20, Lt, scales, mins);
+    ek_fit_scale_min((const float(*)[NSUB])xt, (const float(*)[NSUB])wt, 15, -1.0f, 0.1f, 20, Lt, scales, mins);
     unlane(Lt, L);
 
     float max_scale = 0, max_min = 0;
@@ -292,7 +292,7 @@ static void block_weighted(const float *x, const float *qw, ek_block_q4_k *blk) 
             sw[j] += wt[i][j];
         }
     }
-    fit_scale_min((const float(*)[NSUB])xt, (const float(*)[NSUB])wt, 15, -0.9f, 0.05f, 36, Lt, scales, mins);
+    ek_fit_scale_min((const float(*)[NSUB])xt, (const float(*)[NSUB])wt, 15, -0.9f, 0.05f, 36, Lt, scales, mins);
     unlane(Lt, L);
 
     const float d_block = fit_levels_positive(NSUB, 63, scales, sw, ls);
