@@ -39,6 +39,8 @@ class GGUFConfig:
     quant: str = "q4_k_m"             # a key of edgekit.converters.gguf.mix.SCHEMES
     imatrix: Path | None = None       # calibration text (.txt) or activation statistics (.gguf/.dat)
     threads: int = 0                  # quantizer threads; 0 = all cores
+    method: str = "rtn"               # rtn (llama.cpp's rounding) | awq | gptq | awq+gptq (need calib)
+    calib: Path | None = None         # calibration text for --method (a .txt file or a folder of them)
     name: str | None = None           # general.name; default: the source's name
     recipe: dict[str, Any] | None = None  # the recipe that made the model: stored as JSON in edgekit.recipe
 
@@ -112,6 +114,7 @@ def write_gguf(source: str | Path, output: str | Path, cfg: GGUFConfig | None = 
     shapes = {t.name: t.shape for t in plan.tensors}
     types = choose_types(shapes, scheme, plan.n_layer)
     imatrix = _imatrix(cfg, plan, progress) if cfg.imatrix else None
+    prepared = _prepare(cfg, plan, types, progress)
 
     tmp = temp_path(out)
     written = 0
@@ -136,6 +139,13 @@ def write_gguf(source: str | Path, output: str | Path, cfg: GGUFConfig | None = 
                 pbar.set_postfix_str(f"{t.name} {qtype.name}", refresh=False)
                 im = imatrix.for_tensor(t.name, t.shape[-1]) if imatrix else None
                 w.pad(writer.data_alignment)  # GGUF aligns every tensor's data
+                pre = prepared.get(t.name) if prepared else None
+                if pre is not None:  # computed by --method: ggml rows as they are, or floats to quantize
+                    data = pre if pre.dtype == np.uint8 else quantize_tensor(np.asarray(pre), qtype, im, cfg.threads)
+                    w.write(data)
+                    written += data.nbytes
+                    pbar.update(data.nbytes)
+                    continue
                 for start, stop in t.chunks():
                     data = quantize_tensor(t.read(start, stop), qtype, im, cfg.threads)
                     t.release(start, stop)
@@ -145,8 +155,12 @@ def write_gguf(source: str | Path, output: str | Path, cfg: GGUFConfig | None = 
             w.pad(writer.data_alignment)
         writer.close()
         os.replace(tmp, out)
+        if prepared:
+            prepared.close()
     except BaseException as e:
         _discard(writer, tmp)
+        if prepared:
+            prepared.close()
         if not isinstance(e, OSError):
             raise
         # numpy reports a short write with no errno: on a local disk that means it is full.
@@ -318,6 +332,24 @@ def _gguf_tensor(mm: mmap.mmap, name: str, offset: int, qtype: gguf.GGMLQuantiza
         mm.madvise(mmap.MADV_DONTNEED, begin, offset + stop * row_bytes - begin)
 
     return _Tensor(name, shape, read, release=release)
+
+
+def _prepare(cfg: GGUFConfig, plan: _Plan, types: dict, progress: bool) -> Any:
+    """Run a calibrated --method (awq, gptq, awq+gptq) ahead of writing; None for rtn."""
+    if cfg.method == "rtn":
+        if cfg.calib:
+            raise EdgekitError("--calib is for --method awq, gptq or awq+gptq (rtn needs no calibration)")
+        return None
+    from edgekit.converters.gguf import methods
+
+    if cfg.method not in methods.METHODS:
+        raise EdgekitError(f"unknown --method {cfg.method!r} (choose from {', '.join(methods.METHODS)})")
+    if plan.hf_dir is None:
+        raise EdgekitError(f"--method {cfg.method} runs the model layer by layer: give a Hugging Face directory, "
+                           "not a GGUF")
+    if cfg.calib is None:
+        raise EdgekitError(f"--method {cfg.method} needs calibration text: --calib FILE.txt|DIR")
+    return methods.prepare(plan.hf_dir, [Path(cfg.calib)], types, cfg.method, progress=progress)
 
 
 def _imatrix(cfg: GGUFConfig, plan: _Plan, progress: bool) -> Any:

@@ -36,6 +36,7 @@ def add_parsers(sub: Any) -> None:
         epilog="examples:\n  edgekit convert ./Qwen2.5-0.5B-Instruct -o qwen-q4km.gguf --quant q4_k_m\n"
                "  edgekit convert ./my-llama -o my-llama-q8.gguf --quant q8_0 --imatrix calib.txt\n"
                "  edgekit convert model-f16.gguf -o model-q4km.gguf --quant q4_k_m\n"
+               "  edgekit convert ./my-llama -o m.gguf --quant q4_k_m --method awq+gptq --calib calib/\n"
                "  edgekit convert --demo -o demo.gguf --quant q4_k_m\n"
                "  edgekit convert ./SmolLM2-360M-Instruct -o smol.pte --quant 8da4w --group-size 32\n"
                "  edgekit convert ./my-llama -o my-llama.pte --quant 8da4w --embedding-quant 4w --max-seq-len 2048\n"
@@ -64,6 +65,12 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--imatrix", type=Path, metavar="FILE",
                    help="calibration text (.txt, run through the model) or activation statistics "
                         "(.gguf/.dat imatrix file) to weight the Q4_K/Q6_K scale search")
+    c.add_argument("--method", choices=["rtn", "awq", "gptq", "awq+gptq"], default="rtn",
+                   help=".gguf rounding: rtn (default, llama.cpp's own), or calibrated on --calib text, layer by "
+                        "layer: awq (activation-aware scales folded into the norms), gptq (error feedback), "
+                        "awq+gptq")
+    c.add_argument("--calib", type=Path, metavar="FILE|DIR",
+                   help="calibration text for --method (.txt/.py files; keep it apart from evaluation text)")
     c.add_argument("--eval-data", type=Path, action="append", metavar="FILE|DIR",
                    help="after converting, report perplexity/KL against the source on this text (repeatable; "
                         "--demo uses its held-out split by default)")
@@ -134,6 +141,8 @@ def _convert(args: argparse.Namespace) -> int:
     if args.demo:
         args.source, args.name = model_dir(), args.name or "edgekit-demo"
     if args.output.suffix == ".pte":
+        if args.method != "rtn" or args.calib:
+            raise EdgekitError("--method/--calib: only for .gguf output (the .pte methods are not written yet)")
         config: Any = _pte_config(args)
         torch_threads(args.threads)  # (for GGUF output, --threads are the quantizer's: GGUFConfig.threads)
     else:
@@ -156,7 +165,8 @@ def _gguf_config(args: argparse.Namespace) -> GGUFConfig | None:
     quant = args.quant or GGUFConfig.quant
     if quant not in SCHEMES:
         raise EdgekitError(f"--quant {quant} is for .pte output; GGUF schemes: {', '.join(SCHEMES)}")
-    return GGUFConfig(quant=quant, imatrix=args.imatrix, threads=args.threads, name=args.name)
+    return GGUFConfig(quant=quant, imatrix=args.imatrix, threads=args.threads, name=args.name, method=args.method,
+                      calib=args.calib)
 
 
 def _convert_recipe(args: argparse.Namespace) -> int:
