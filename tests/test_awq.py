@@ -11,7 +11,8 @@ from gguf import GGMLQuantizationType as QT
 CALIB = Path(__file__).read_text() * 3
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", pytest.param("qwen2", marks=pytest.mark.slow),
+                                  pytest.param("phi3", marks=pytest.mark.slow)])
 def test_folded_float_model_equals_original(tiny_models, tmp_path, arch):
     """Walk the model layer by layer, search and fold AWQ scales into every layer (norms, v->o, up->down),
     load the folded weights into transformers: the logits equal the original's to 1e-5."""

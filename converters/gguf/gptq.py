@@ -22,6 +22,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgekit.native.quantize import quantize as native_quantize
+from edgekit.native.quantize import row_size
 
 T = GGMLQuantizationType
 GPTQ_TYPES = frozenset({T.Q4_K, T.Q6_K, T.Q5_0, T.Q8_0})
@@ -181,7 +182,7 @@ def gptq(w: np.ndarray, h: np.ndarray, qtype: T, *, damp: float = 0.01, batch: i
     hinv = np.linalg.inv(H)
     U = np.linalg.cholesky((hinv + hinv.T) / 2).T
 
-    out = np.empty((rows, native_row_bytes(qtype, cols)), np.uint8)
+    out = np.empty((rows, row_size(qtype, cols)), np.uint8)
     bb = GGML_QUANT_SIZES[qtype][1]
     for b0 in range(0, cols, batch):
         b1 = min(b0 + batch, cols)
@@ -209,11 +210,6 @@ def gptq(w: np.ndarray, h: np.ndarray, qtype: T, *, damp: float = 0.01, batch: i
             out[:, k * bb:(k + 1) * bb] = with_levels(blk, qtype, q)
         W[:, b1:] -= err @ U[b0:b1, b1:]
     return out
-
-
-def native_row_bytes(qtype: T, cols: int) -> int:
-    bs, bb = GGML_QUANT_SIZES[qtype]
-    return cols // bs * bb
 
 
 def output_error(w: np.ndarray, data: np.ndarray, qtype: T, h: np.ndarray) -> float:
