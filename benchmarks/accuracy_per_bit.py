@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,17 +31,18 @@ CTX = 256
 
 
 def run(cmd: list[str], log) -> tuple[float, int]:
-    """Run a command in its own process; (seconds, peak RSS bytes of that process)."""
+    """Run a command in its own process; (seconds, peak RSS bytes of that process). The peak comes from GNU time,
+    a small process that forks the command: wait4()'s ru_maxrss from this (large) process would carry our own
+    peak into every child (Linux keeps maxrss across fork and exec)."""
     log("$ " + shlex.join(cmd))
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(p.pid, 0)
-    seconds = time.perf_counter() - t0
-    err = p.stderr.read() if p.stderr else ""
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        sys.exit(f"command failed ({p.returncode}): {shlex.join(cmd)}\n{err}")
-    return seconds, usage.ru_maxrss * 1024
+    with tempfile.NamedTemporaryFile(suffix=".rss") as f:
+        t0 = time.perf_counter()
+        r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", f.name, *cmd], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - t0
+        if r.returncode:
+            sys.exit(f"command failed ({r.returncode}): {shlex.join(cmd)}\n{r.stderr}")
+        return seconds, int(Path(f.name).read_text().split()[-1]) * 1024
 
 
 def main() -> None:

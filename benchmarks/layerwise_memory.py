@@ -13,11 +13,11 @@ Writes benchmarks/results/layerwise_memory.md.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,13 +26,18 @@ SHAPE = dict(layers=8, hidden=1024, ffn=2816, heads=16, kv_heads=4, vocab_size=5
 
 
 def run(cmd: list[str]) -> tuple[float, int]:
+    """Run a command in its own process; (seconds, peak RSS bytes of that process). The peak comes from GNU time,
+    a small process that forks the command: wait4()'s ru_maxrss from this (large) process would carry our own
+    peak into every child (Linux keeps maxrss across fork and exec)."""
     print("$ " + shlex.join(cmd), file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"failed: {shlex.join(cmd)}\n{p.stderr.read() if p.stderr else ''}")
-    return time.perf_counter() - t0, usage.ru_maxrss * 1024
+    with tempfile.NamedTemporaryFile(suffix=".rss") as f:
+        t0 = time.perf_counter()
+        r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", f.name, *cmd], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - t0
+        if r.returncode:
+            sys.exit(f"command failed ({r.returncode}): {shlex.join(cmd)}\n{r.stderr}")
+        return seconds, int(Path(f.name).read_text().split()[-1]) * 1024
 
 
 def main() -> None:
