@@ -328,7 +328,8 @@ def test_new_kernels_match_ggml_and_every_level(qt: QT) -> None:
     from edgekit.testing.ggml import Ggml
 
     g, rng = Ggml(), np.random.default_rng(int(qt))
-    for nrows, ncols, ntok in ((23, 96, 1), (23, 96, 7), (5, 544, 3)):
+    # 17 and 40 tokens: packed GEMM groups plus a rest; 2080 values: more blocks than one widened piece (64)
+    for nrows, ncols, ntok in ((23, 96, 1), (23, 96, 7), (5, 544, 3), (9, 2080, 17), (6, 96, 40)):
         w = rng.standard_normal((nrows, ncols))
         w[0] = 0.5
         wb = _weights(qt, w)
