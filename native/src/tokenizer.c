@@ -247,7 +247,8 @@ ek_status ek_vocab_new(const ek_vocab_params *p, ek_vocab **out) {
     v->eos = p->eos;
     v->eot = p->eot;
     v->unk = p->unk;
-    v->add_bos = p->add_bos == 1 || (p->add_bos < 0 && kind == EK_VOCAB_SPM && v->bos >= 0);
+    /* without the key, llama.cpp prepends BOS for SentencePiece and Llama 3 vocabularies */
+    v->add_bos = p->add_bos == 1 || (p->add_bos < 0 && (kind == EK_VOCAB_SPM || pre == EK_PRE_LLAMA3) && v->bos >= 0);
     v->add_eos = p->add_eos == 1;
     v->add_space_prefix = p->add_space_prefix < 0 ? kind == EK_VOCAB_SPM : p->add_space_prefix;
 
