@@ -472,3 +472,57 @@ def test_chat_format_buffer_too_small() -> None:
     want = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
     assert rc == EK_ERR_BUFFER and n.value == len(want)
     assert v.chat([{"role": "user", "content": "Hello"}]) == want
+
+
+# -- the C test program, natively and under qemu-user for ARM -----------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_native(build: Path, targets: list[str], toolchain: str | None = None) -> Path:
+    """CMake build of `targets` (with the C tests), cross-compiled where a toolchain file is named."""
+    import shutil
+    import subprocess
+    import sys
+
+    cmake = Path(sys.executable).parent / "cmake"
+    cmake = str(cmake) if cmake.exists() else (shutil.which("cmake") or "cmake")
+    cfg = [cmake, "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DEDGEKIT_BUILD_TESTS=ON"]
+    if toolchain:
+        cfg.append(f"-DCMAKE_TOOLCHAIN_FILE={REPO / 'native' / 'cmake' / toolchain}.cmake")
+    for cmd in (cfg, [cmake, "--build", str(build), "-j2", "--target", *targets]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return build / "native"
+
+
+def need_tools(*tools: str) -> None:
+    """Cross builds need the cross toolchain and qemu-user (.ci/setup installs them as root); without them the
+    test skips and says why (EDGEKIT_REQUIRE_CROSS=1 makes that a failure)."""
+    import os
+    import shutil
+
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        why = f"missing {', '.join(missing)} (apt-get install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user)"
+        if os.environ.get("EDGEKIT_REQUIRE_CROSS") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+QEMU = {"aarch64-linux-gnu": ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+        "arm-linux-gnueabihf": ["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toolchain", [None, *QEMU])
+def test_c_text_program(toolchain: str | None, tmp_path: Path) -> None:
+    """The sampler's stream and BPE merges on x86-64, aarch64 and 32-bit ARM (no __int128 there)."""
+    import subprocess
+
+    if toolchain:
+        need_tools(f"{toolchain}-gcc", QEMU[toolchain][0])
+    out = build_native(tmp_path, ["test_text"], toolchain)
+    r = subprocess.run([*QEMU.get(toolchain, []), str(out / "test_text")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "test_text: ok" in r.stdout, r.stdout + r.stderr
