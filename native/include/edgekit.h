@@ -17,6 +17,7 @@ enum ek_type {
     EK_TYPE_Q5_0 = 6,
     EK_TYPE_Q5_1 = 7,
     EK_TYPE_Q8_0 = 8,
+    EK_TYPE_Q8_1 = 9,  /* activations only (for Q5_1): fp16 d, fp16 s = d * sum(qs), int8 qs[32] */
     EK_TYPE_Q4_K = 12,
     EK_TYPE_Q6_K = 14,
     EK_TYPE_Q8_K = 15, /* activations only: 256 values, float d, int8 qs[256], int16 bsums[16] */
@@ -26,7 +27,7 @@ enum ek_type {
 /* Library version string, e.g. "0.1.0". */
 const char *ek_version(void);
 
-/* Bytes one row of n_per_row values takes in `type` (F32, F16, Q8_0, Q4_K, Q6_K, Q8_K); 0 if the
+/* Bytes one row of n_per_row values takes in `type` (F32, F16, BF16, Q5_0, Q5_1, Q8_0, Q8_1, Q4_K, Q6_K, Q8_K); 0 if the
  * type is unsupported or n_per_row is not a positive multiple of its block size. */
 size_t ek_row_size(int type, int64_t n_per_row);
 
@@ -96,16 +97,17 @@ const char *ek_kernel_impl(int type);
  * Y = X @ W^T with W as ggml stores a 2-D weight: nrows rows of ncols values, each row a run of
  * blocks of `type`; X: ntokens rows of ncols float32; Y: ntokens rows of nrows float32
  * (y[t*nrows + r] = dot(W row r, X row t)).
- * Activations are quantized first, as ggml does: to Q8_0 blocks for Q8_0 weights and to Q8_K
- * for Q4_K / Q6_K; F16 and F32 weights meet float32 activations (F16 widened exactly).
+ * Activations are quantized first, as ggml does: to Q8_0 blocks for Q8_0 / Q5_0 weights, Q8_1 for
+ * Q5_1, Q8_K for Q4_K / Q6_K and BF16 for BF16; F16 and F32 weights meet float32 activations (F16
+ * widened exactly).
  * nthreads <= 0 uses every online CPU; threads come from a persistent pool created on first
  * use. Rows split over threads, so results do not depend on the thread count. y must not
  * overlap w or x.
  * Functions returning int give 0 on success, a negative value on bad input (message in
  * ek_last_error). */
 
-/* Type activations are quantized to for weights of `type` (EK_TYPE_Q8_0, EK_TYPE_Q8_K or
- * EK_TYPE_F32); -1 if the type has no kernels. */
+/* Type activations are quantized to for weights of `type` (EK_TYPE_Q8_0, EK_TYPE_Q8_1, EK_TYPE_Q8_K,
+ * EK_TYPE_BF16 or EK_TYPE_F32); -1 if the type has no kernels. */
 int ek_vec_type(int type);
 
 /* Quantize ntokens rows of ncols float32 activations to ek_vec_type(type) rows in dst
@@ -181,7 +183,7 @@ typedef struct ek_session_params {
     int32_t n_threads;       /* decode threads; 0: the physical cores, at most 8 */
     int32_t n_threads_batch; /* prefill threads; 0: n_threads */
     int32_t n_batch;         /* most tokens per forward pass; 0: 512 */
-    int32_t kv_type;         /* EK_TYPE_F16 (0: default) or EK_TYPE_F32 */
+    int32_t kv_f32;          /* 1: an F32 KV cache (exact comparisons); 0: F16 (EK_TYPE_F32 is 0, so no type id) */
 } ek_session_params;
 
 ek_status ek_session_new(const ek_model *model, const ek_session_params *params, ek_session **out);
