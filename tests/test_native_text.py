@@ -335,6 +335,30 @@ def test_bad_vocabularies() -> None:
         v.piece(3)
 
 
+def test_streamed_text_is_valid_utf8_as_python_decodes() -> None:
+    """ek_utf8_sanitize, which ek_generate streams through: ill-formed bytes become U+FFFD exactly as
+    bytes.decode(errors="replace") makes them, also when the bytes arrive in two parts."""
+    c = lib()
+    c.ek_utf8_sanitize.restype = c_size_t
+    c.ek_utf8_sanitize.argtypes = [c_char_p, c_size_t, c_int, c_char_p, POINTER(c_size_t)]
+
+    def sanitize(b: bytes, flush: bool) -> tuple[int, bytes]:
+        out, m = ctypes.create_string_buffer(3 * len(b) + 1), c_size_t()
+        k = c.ek_utf8_sanitize(b, len(b), flush, out, ctypes.byref(m))
+        return k, out.raw[:m.value]
+
+    rng = random.Random(5)
+    alphabet = [0x41, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC2, 0xDF, 0xE0, 0xE1, 0xED, 0xEF, 0xF0, 0xF1, 0xF4,
+                0xF5, 0xFF]
+    for _ in range(3000):
+        b = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        want = b.decode("utf-8", "replace").encode()
+        assert sanitize(b, True) == (len(b), want), b
+        cut = rng.randint(0, len(b))
+        k, first = sanitize(b[:cut], False)
+        assert first + sanitize(b[k:], True)[1] == want, (b, cut)
+
+
 # -- sampler ------------------------------------------------------------------------------------
 
 SETTINGS = [
@@ -526,3 +550,79 @@ def test_c_text_program(toolchain: str | None, tmp_path: Path) -> None:
     r = subprocess.run([*QEMU.get(toolchain, []), str(out / "test_text")], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "test_text: ok" in r.stdout, r.stdout + r.stderr
+
+
+# -- edgekit-run: generate, chat, bench, bandwidth ------------------------------------------------
+
+RUN_PROMPT = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)  # 42 çà 日本"
+
+
+def edgekit_run() -> Path:
+    """The edgekit-run program the build installs beside libedgekit."""
+    path = Path(lib()._name).parent / "edgekit-run"
+    if not path.exists():
+        pytest.skip(f"{path} not built (reinstall edgekit)")
+    return path
+
+
+def run_native(*args: object, input: str | None = None) -> str:
+    import subprocess
+
+    r = subprocess.run([str(edgekit_run()), *map(str, args)], capture_output=True, timeout=120,
+                       input=input.encode() if input is not None else None)
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout.decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "phi3"])
+def test_edgekit_run_greedy_text_equals_llama_cpp(f32_ggufs, arch: str) -> None:
+    """Same tokenizer, forward pass and stop rule: greedy text as llama-cpp-python + edgekit's Python side give."""
+    pytest.importorskip("llama_cpp")
+    from edgekit.runtime.backends.llamacpp import LlamaCppModel
+
+    with LlamaCppModel(f32_ggufs[arch], n_ctx=256, kv_f32=True, flash_attn=False, threads=2) as llm:
+        want = llm.generate(RUN_PROMPT, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=40)
+        seeded = llm.generate(RUN_PROMPT, temperature=0.75, seed=3, max_tokens=40)
+    args = ("-m", f32_ggufs[arch], "-p", RUN_PROMPT, "-n", 40, "-t", 2, "--ctx", 256, "--kv-f32")
+    assert run_native(*args, "--temp", 0) == want
+    # the default chain (top-k 40, top-p 0.95, min-p 0.05) and the seeded stream too
+    assert run_native(*args, "--temp", 0.75, "--seed", 3) == seeded
+
+
+def test_edgekit_run_chat_equals_python_chat(f32_ggufs) -> None:
+    """--chat: each stdin line a user turn of one conversation (the template, the cache reuse, the stop tokens)."""
+    pytest.importorskip("llama_cpp")
+    from edgekit.runtime.backends.llamacpp import LlamaCppModel
+
+    lines = ["Hello there", "And 2+2?"]
+    got = run_native("-m", f32_ggufs["qwen2"], "--chat", "-n", 16, "--temp", 0, "-t", 2, "--ctx", 256, "--kv-f32",
+                     input="\n".join(lines) + "\n").split("\n")
+    with LlamaCppModel(f32_ggufs["qwen2"], n_ctx=256, kv_f32=True, flash_attn=False, threads=2) as llm:
+        messages: list[dict] = []
+        for i, line in enumerate(lines):
+            messages.append({"role": "user", "content": line})
+            answer = llm.chat(messages, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=16)
+            messages.append({"role": "assistant", "content": answer})
+            assert got[i] == answer
+
+
+def test_edgekit_run_bench_and_bandwidth(f32_ggufs) -> None:
+    import json
+
+    r = json.loads(run_native("-m", f32_ggufs["llama"], "--bench", "-p", 32, "-n", 8, "-t", 2, "--json"))
+    assert (r["n_prompt"], r["n_gen"]) == (32, 8)
+    for key in ("load_ms", "ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_bytes"):
+        assert r[key] > 0, key
+    bw = json.loads(run_native("--bandwidth", "--mb", 64, "-t", 2, "--json"))
+    assert bw["bandwidth_gb_s"] > 0.1 and bw["mib"] == 64
+
+
+def test_edgekit_run_errors(tmp_path: Path) -> None:
+    import subprocess
+
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 24)
+    for args, message in ([("-m", tmp_path / "missing.gguf", "-p", "hi"), "missing.gguf"],
+                          [("-m", bad, "-p", "hi"), "x.gguf"], [("--nonsense",), "usage"]):
+        r = subprocess.run([str(edgekit_run()), *map(str, args)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) <= 3, r.stderr

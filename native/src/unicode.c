@@ -1,6 +1,8 @@
 /* UTF-8 decoding with llama.cpp's rules, category look-ups, GPT-2's byte alphabet. */
 #include "unicode.h"
 
+#include <string.h>
+
 static int in_ranges(const ek_cp_range *r, int n, uint32_t cp) {
     int lo = 0, hi = n - 1;
     while (lo <= hi) {
@@ -78,18 +80,38 @@ int ek_utf8_put(uint32_t cp, char *out) {
     return 4;
 }
 
-size_t ek_utf8_complete(const char *s, size_t n) {
-    /* Back up over at most 3 trailing bytes to the last lead byte; keep it only if its sequence is whole. */
-    size_t i = n;
-    for (int back = 0; back < 4 && i > 0; back++) {
-        uint8_t c = (uint8_t)s[i - 1];
-        if ((c & 0xC0) != 0x80) {
-            size_t need = c < 0x80 ? 1 : (size_t)ek_utf8_len(c);
-            return n - (i - 1) >= need ? n : i - 1;
+size_t ek_utf8_sanitize(const char *s, size_t n, int flush, char *out, size_t *out_n) {
+    const uint8_t *u = (const uint8_t *)s;
+    size_t i = 0, m = 0;
+    while (i < n) {
+        uint8_t c = u[i];
+        if (c < 0x80) {
+            out[m++] = (char)c;
+            i++;
+            continue;
         }
-        i--;
+        /* the sequence length and the range of its second byte (Unicode's table of well-formed UTF-8) */
+        int len = 0;
+        uint8_t lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) len = 2;
+        else if (c >= 0xE0 && c <= 0xEF) len = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        else if (c >= 0xF0 && c <= 0xF4) len = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        size_t k = 1;
+        while (len && k < (size_t)len && i + k < n && u[i + k] >= (k == 1 ? lo : 0x80) && u[i + k] <= (k == 1 ? hi : 0xBF))
+            k++;
+        if (len && k == (size_t)len) {
+            memcpy(out + m, s + i, k);
+            m += k;
+        } else if (len && i + k == n && !flush) {
+            break; /* cut off: wait for the rest */
+        } else {
+            memcpy(out + m, "\xef\xbf\xbd", 3); /* U+FFFD for the maximal subpart */
+            m += 3;
+        }
+        i += k;
     }
-    return n; /* no lead byte nearby: invalid bytes, pass them on */
+    *out_n = m;
+    return i;
 }
 
 /* Printable bytes stand for themselves; the other 68 map to U+0100.. in byte order (GPT-2's table). */

@@ -30,8 +30,10 @@ uint32_t ek_utf8_next(const uint8_t *s, size_t n, size_t *pos);
 /* Write cp as UTF-8 into out (4 bytes room); returns the byte count. */
 int ek_utf8_put(uint32_t cp, char *out);
 
-/* Length of the longest prefix of s[0..n) made of whole UTF-8 characters (for streaming). */
-size_t ek_utf8_complete(const char *s, size_t n);
+/* Streaming text out as valid UTF-8: copies s[0..n) to out (room for 3 * n bytes), each ill-formed part
+ * replaced by U+FFFD as Python's bytes.decode(errors="replace") does (one per maximal subpart). A character
+ * cut off at the end is held back (not consumed) unless flush. Sets *out_n; returns the bytes consumed. */
+size_t ek_utf8_sanitize(const char *s, size_t n, int flush, char *out, size_t *out_n);
 
 /* GPT-2's byte-level alphabet: each byte as a printable code point, and back (-1: not in the alphabet). */
 uint32_t ek_byte_to_cp(uint8_t b);
