@@ -503,7 +503,7 @@ def test_chat_format_buffer_too_small() -> None:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def build_native(build: Path, targets: list[str], toolchain: str | None = None) -> Path:
+def build_native(build: Path, targets: list[str], toolchain: str | None = None, extra: tuple[str, ...] = ()) -> Path:
     """CMake build of `targets` (with the C tests), cross-compiled where a toolchain file is named."""
     import shutil
     import subprocess
@@ -511,7 +511,7 @@ def build_native(build: Path, targets: list[str], toolchain: str | None = None) 
 
     cmake = Path(sys.executable).parent / "cmake"
     cmake = str(cmake) if cmake.exists() else (shutil.which("cmake") or "cmake")
-    cfg = [cmake, "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DEDGEKIT_BUILD_TESTS=ON"]
+    cfg = [cmake, "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DEDGEKIT_BUILD_TESTS=ON", *extra]
     if toolchain:
         cfg.append(f"-DCMAKE_TOOLCHAIN_FILE={REPO / 'native' / 'cmake' / toolchain}.cmake")
     for cmd in (cfg, [cmake, "--build", str(build), "-j2", "--target", *targets]):
@@ -626,3 +626,36 @@ def test_edgekit_run_errors(tmp_path: Path) -> None:
                           [("-m", bad, "-p", "hi"), "x.gguf"], [("--nonsense",), "usage"]):
         r = subprocess.run([str(edgekit_run()), *map(str, args)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) <= 3, r.stderr
+
+
+# qemu CPUs: Pi 3/4 (no sdot), Pi 5 (dotprod), and one with i8mm; 32-bit Pi OS runs the NEON kernels.
+STATIC_CPUS = {"aarch64-linux-gnu": ["cortex-a53", "cortex-a76", "max"], "arm-linux-gnueabihf": ["max"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toolchain", list(QEMU))
+def test_static_edgekit_run_under_qemu(toolchain: str, f32_ggufs, tiny_models, tmp_path: Path) -> None:
+    """A fully static edgekit-run for ARM (one file to copy to a Pi) gives the x86 build's greedy text, on
+    F32 and Q8_0 weights, at every kernel level qemu offers."""
+    import subprocess
+
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
+
+    need_tools(f"{toolchain}-gcc", f"{toolchain}-strip", QEMU[toolchain][0])
+    out = build_native(tmp_path / "build", ["edgekit-run"], toolchain,
+                       ("-DEDGEKIT_SHARED=OFF", "-DEDGEKIT_STATIC_RUN=ON"))
+    binary = out / "edgekit-run"
+    stripped = tmp_path / "edgekit-run.stripped"
+    subprocess.run([f"{toolchain}-strip", "-o", str(stripped), str(binary)], check=True)
+    print(f"\n{toolchain}: static edgekit-run {stripped.stat().st_size / 1024:.0f} KiB stripped")
+    q8 = tmp_path / "llama-q8_0.gguf"
+    write_gguf(tiny_models["llama"], q8, GGUFConfig(quant="q8_0"), progress=False)
+    args = ("-p", RUN_PROMPT, "-n", 24, "--temp", 0, "-t", 2, "--ctx", 128, "--kv-f32")
+    for model in (f32_ggufs["qwen2"], q8):
+        want = run_native("-m", model, *args)
+        for cpu in STATIC_CPUS[toolchain]:
+            # no -L sysroot: a static binary needs none (a dynamic one would not find its loader)
+            r = subprocess.run([QEMU[toolchain][0], "-cpu", cpu, str(binary), "-m", str(model), *map(str, args)],
+                               capture_output=True, timeout=300)
+            assert r.returncode == 0, r.stderr.decode()
+            assert r.stdout.decode("utf-8", errors="replace") == want, (cpu, model.name)
