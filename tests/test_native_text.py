@@ -659,3 +659,80 @@ def test_static_edgekit_run_under_qemu(toolchain: str, f32_ggufs, tiny_models, t
                                capture_output=True, timeout=300)
             assert r.returncode == 0, r.stderr.decode()
             assert r.stdout.decode("utf-8", errors="replace") == want, (cpu, model.name)
+
+
+class SessionParams(ctypes.Structure):
+    _fields_ = [("n_ctx", c_int32), ("n_threads", c_int32), ("n_threads_batch", c_int32), ("n_batch", c_int32),
+                ("kv_f32", c_int32)]
+
+
+class Stats(ctypes.Structure):
+    _fields_ = [("load_ms", ctypes.c_double), ("prefill_ms", ctypes.c_double), ("decode_ms", ctypes.c_double),
+                ("first_token_ms", ctypes.c_double), ("n_prefill", ctypes.c_int64), ("n_decode", ctypes.c_int64),
+                ("n_reused", ctypes.c_int64), ("peak_rss_bytes", ctypes.c_int64)]
+
+
+PIECE_FN = ctypes.CFUNCTYPE(c_int, ctypes.c_char_p, c_size_t, c_void_p)
+
+
+def test_generate_api_reuse_stop_and_abort(f32_ggufs) -> None:
+    """ek_generate through the C API: the model's vocabulary is the GGUF's, a longer prompt reuses the cached
+    prefix, the callback can stop it, ek_abort aborts it and the session stays usable."""
+    c = _c()
+    c.ek_model_load.argtypes = [c_char_p, c_void_p, POINTER(c_void_p)]
+    c.ek_model_free.argtypes = [c_void_p]
+    c.ek_session_new.argtypes = [c_void_p, POINTER(SessionParams), POINTER(c_void_p)]
+    c.ek_session_free.argtypes = [c_void_p]
+    c.ek_session_stats.argtypes = [c_void_p, POINTER(Stats)]
+    c.ek_abort.argtypes = [c_void_p]
+    c.ek_generate.argtypes = [c_void_p, c_char_p, POINTER(Sampling), PIECE_FN, c_void_p]
+    c.ek_tokenize.argtypes = [c_void_p, c_char_p, c_size_t, c_int, c_int, POINTER(c_int32), c_int32, POINTER(c_int32)]
+    path = f32_ggufs["qwen2"]
+    model, session = c_void_p(), c_void_p()
+    assert c.ek_model_load(str(path).encode(), None, ctypes.byref(model)) == EK_OK, c.ek_last_error()
+    assert c.ek_session_new(model, ctypes.byref(SessionParams(128, 2, 2, 0, 1)), ctypes.byref(session)) == EK_OK
+    try:
+        text = RUN_PROMPT.encode()
+        ids, n = (c_int32 * 256)(), c_int32()
+        assert c.ek_tokenize(model, text, len(text), 1, 1, ids, 256, ctypes.byref(n)) == EK_OK
+        assert list(ids[:n.value]) == NativeVocab.from_gguf(path).tokenize(text)
+
+        pieces: list[bytes] = []
+        action = {"stop_after": None, "abort_after": None}
+
+        @PIECE_FN
+        def on_piece(piece: bytes, length: int, user: int) -> int:
+            pieces.append(ctypes.string_at(piece, length))
+            if action["abort_after"] == len(pieces):
+                c.ek_abort(session)
+            return int(action["stop_after"] == len(pieces))
+
+        greedy = Sampling(0.0, 0, 1.0, 0.0, 1.0, 64, 0, 12, 0)
+
+        def generate(prompt: bytes) -> tuple[int, bytes, Stats]:
+            pieces.clear()
+            rc = c.ek_generate(session, prompt, ctypes.byref(greedy), on_piece, None)
+            st = Stats()
+            assert c.ek_session_stats(session, ctypes.byref(st)) == EK_OK
+            return rc, b"".join(pieces), st
+
+        rc, first, st = generate(text)
+        assert rc == EK_OK and first.decode() == run_native("-m", path, "-p", RUN_PROMPT, "-n", 12, "--temp", 0,
+                                                             "-t", 2, "--ctx", 128, "--kv-f32")
+        assert (st.n_reused, st.n_prefill, st.n_decode) == (0, n.value, 11) and st.first_token_ms > 0
+        longer = text + b" and more"
+        rc, _, st = generate(longer)
+        m = len(NativeVocab.from_gguf(path).tokenize(longer))
+        assert rc == EK_OK and st.n_reused >= n.value - 1 and st.n_prefill == m - st.n_reused
+        action["stop_after"] = 2
+        rc, _, _ = generate(text)
+        assert rc == EK_OK and len(pieces) == 2
+        action.update(stop_after=None, abort_after=3)
+        rc, _, _ = generate(text)
+        assert rc == 1 and len(pieces) == 3  # EK_ABORTED
+        action["abort_after"] = None
+        rc, again, _ = generate(text)
+        assert rc == EK_OK and again == first
+    finally:
+        c.ek_session_free(session)
+        c.ek_model_free(model)
