@@ -77,7 +77,9 @@ def _raise(status: int) -> None:
     if status == OK:
         return
     msg = _c().ek_last_error().decode(errors="replace") or _c().ek_status_name(status).decode()
-    raise (Aborted if status == ABORTED else ContextFull if status == CONTEXT_FULL else EdgekitError)(msg)
+    err = (Aborted if status == ABORTED else ContextFull if status == CONTEXT_FULL else EdgekitError)(msg)
+    err.status = _c().ek_status_name(status).decode()  # "format error", "unsupported", ...
+    raise err
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ class Session:
         _raise(_c().ek_session_new(model._handle(), ctypes.byref(params), ctypes.byref(self._h)))
         self.n_vocab = model.info.n_vocab
 
-    def decode(self, tokens: Sequence[int] | np.ndarray, pos: int | None = None, logits_all: bool = False) -> np.ndarray:
+    def decode(self, tokens: Sequence[int] | np.ndarray, pos: int | None = None,
+               logits_all: bool = False) -> np.ndarray:
         """Run tokens at positions pos.. (default: after the cached ones, forgetting any cached at or after pos).
         Returns a copy of the logits: (n_vocab,) for the last token, or (len(tokens), n_vocab) with logits_all."""
         ids = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)

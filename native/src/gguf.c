@@ -236,12 +236,13 @@ static ek_status read_tensor_info(cursor *c, ek_gguf_tensor *t) {
                      t->name, t->ne[0], ek_type_name(t->type), ek_type_block(t->type));
         return EK_ERR_FORMAT;
     }
-    const uint64_t row = (uint64_t)t->ne[0] / (uint64_t)ek_type_block(t->type) * ek_type_bytes(t->type);
+    const uint64_t blocks = (uint64_t)t->ne[0] / (uint64_t)ek_type_block(t->type);
     const uint64_t rows = count / (uint64_t)t->ne[0];
-    if (rows > SIZE_MAX / row) {
-        ek_set_error("%s: tensor %s is too large", c->path, t->name);
+    if (blocks > SIZE_MAX / ek_type_bytes(t->type) || rows > SIZE_MAX / (blocks * ek_type_bytes(t->type))) {
+        ek_set_error("%s: tensor %s: %" PRIu64 " values run past the end of the file", c->path, t->name, count);
         return EK_ERR_FORMAT;
     }
+    const uint64_t row = blocks * ek_type_bytes(t->type);
     t->nbytes = (size_t)(row * rows);
     return EK_OK;
 }
@@ -277,11 +278,13 @@ static ek_status parse(ek_gguf *g, const char *path) {
         return EK_ERR_FORMAT;
     /* a metadata entry takes >= 13 bytes (key length, one byte, type), a tensor info >= 29 */
     if (g->n_kv > MAX_KV || g->n_kv > left(&c) / 13) {
-        ek_set_error("%s: absurd metadata count %" PRIu64, path, g->n_kv);
+        ek_set_error("%s: metadata count %" PRIu64 " is absurd or the file is truncated (%zu bytes follow)", path,
+                     g->n_kv, left(&c));
         return EK_ERR_FORMAT;
     }
     if (g->n_tensors > MAX_TENSORS || g->n_tensors > left(&c) / 29) {
-        ek_set_error("%s: absurd tensor count %" PRIu64, path, g->n_tensors);
+        ek_set_error("%s: tensor count %" PRIu64 " is absurd or the file is truncated (%zu bytes follow)", path,
+                     g->n_tensors, left(&c));
         return EK_ERR_FORMAT;
     }
     g->kv = calloc((size_t)g->n_kv + 1, sizeof *g->kv);
