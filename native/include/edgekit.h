@@ -208,20 +208,25 @@ void ek_abort(ek_session *session);
 
 /* ---- text ---- */
 
-/* Tokens of len bytes of UTF-8 text, as llama.cpp tokenizes (pre-tokenizer from tokenizer.ggml.pre: gpt2,
- * llama-bpe, qwen2, smollm...; or SentencePiece). add_special: prepend bos when the model asks for it;
- * parse_special: text of special tokens ("<|im_end|>") becomes those tokens. Writes at most cap ids and sets
- * *n_out to the count; EK_ERR_BUFFER if cap was too small (*n_out is then the count needed). */
+/* Tokens of len bytes of UTF-8 text, as llama.cpp tokenizes (byte-level BPE with the pre-tokenizer named by
+ * tokenizer.ggml.pre: gpt-2, llama-bpe, qwen2, smollm; or SentencePiece BPE with byte fallback). Invalid UTF-8
+ * is read as llama.cpp reads it (each bad byte a U+FFFD). add_special: prepend bos (append eos) when the model
+ * asks for it; parse_special: text of control tokens ("<|im_end|>") becomes those tokens (user-defined tokens
+ * always do). Writes at most cap ids and sets *n_out to the count; EK_ERR_BUFFER if cap was too small
+ * (*n_out is then the count needed). A model without tokenizer.ggml.tokens: EK_ERR_INVALID. */
 ek_status ek_tokenize(const ek_model *model, const char *text, size_t len, int add_special, int parse_special,
                       int32_t *out, int32_t cap, int32_t *n_out);
-/* Bytes of one token (a byte-level BPE token may be part of a UTF-8 character); special tokens give their
- * text only if special != 0, else "". Writes at most cap bytes (no NUL) and sets *n_out; EK_ERR_BUFFER as above. */
+/* Bytes of one token, as llama.cpp's llama_token_to_piece (a byte-level BPE token may be part of a UTF-8
+ * character); control tokens give their text only if special != 0, else "". Writes at most cap bytes (no NUL)
+ * and sets *n_out; EK_ERR_BUFFER as above; EK_ERR_INVALID for an id outside the vocabulary. */
 ek_status ek_token_to_piece(const ek_model *model, int32_t token, int special, char *buf, int32_t cap,
                             int32_t *n_out);
-/* Whether a token is a control token (not text). */
+/* Whether a token is a control token (not text): llama_vocab_is_control. */
 int ek_token_is_special(const ek_model *model, int32_t token);
 
-/* ---- sampling: the same chain and the same seeded stream as edgekit's Python sampler ---- */
+/* ---- sampling: the same chain and the same seeded stream as edgekit's Python sampler ----
+ * (edgekit/runtime/sampling.py): penalty, top-k, top-p, min-p at temperature 1 (most likely first, equal
+ * logits by lower id), temperature, one inverse-CDF draw from numpy's Generator(PCG64(seed)).random(). */
 
 typedef struct ek_sampling {
     float temperature;       /* 0: greedy */
@@ -232,7 +237,7 @@ typedef struct ek_sampling {
     int32_t repeat_last_n;   /* tokens the penalty looks at; 0: 64 */
     uint64_t seed;
     int32_t max_tokens;      /* ek_generate / ek_chat: most tokens to generate; 0: 256 */
-    int32_t ignore_eos;      /* never sample stop tokens */
+    int32_t ignore_eos;      /* never sample stop tokens (their logits become -inf) */
 } ek_sampling;
 
 /* edgekit's defaults (llama.cpp's): temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, no penalty. */
@@ -241,7 +246,8 @@ ek_sampling ek_sampling_default(void);
 typedef struct ek_sampler ek_sampler;
 ek_status ek_sampler_new(const ek_sampling *params, ek_sampler **out);
 void ek_sampler_free(ek_sampler *sampler);
-/* Draw a token from n_vocab logits; recent: the last n_recent tokens of the sequence (for the penalty). */
+/* Draw a token from n_vocab logits; recent: the last n_recent tokens of the sequence (for the penalty; may be
+ * NULL if n_recent is 0). Returns the token, or -1 on bad input (message in ek_last_error). */
 int32_t ek_sampler_sample(ek_sampler *sampler, const float *logits, int32_t n_vocab, const int32_t *recent,
                           int32_t n_recent);
 
@@ -254,7 +260,9 @@ typedef struct ek_message {
 
 /* Render messages with the model's chat template (tokenizer.chat_template, recognised as one of the
  * families edgekit meets: ChatML/Qwen, Llama 3, Mistral/Llama 2 [INST], Phi-3, Zephyr; EK_ERR_UNSUPPORTED for
- * another). Writes at most cap bytes plus a NUL and sets *n_out to the length; EK_ERR_BUFFER as above. */
+ * another or none), byte for byte as Jinja renders it; EK_ERR_INVALID where the template itself refuses the
+ * conversation (roles that do not alternate, a system message it has no place for). Writes at most cap bytes
+ * plus a NUL and sets *n_out to the length (NUL excluded); EK_ERR_BUFFER as above (cap 0 asks the size). */
 ek_status ek_chat_format(const ek_model *model, const ek_message *messages, size_t n, int add_generation_prompt,
                          char *buf, size_t cap, size_t *n_out);
 
@@ -262,11 +270,14 @@ ek_status ek_chat_format(const ek_model *model, const ek_message *messages, size
 typedef int (*ek_piece_fn)(const char *piece, size_t len, void *user);
 
 /* Tokenize prompt (add_special, parse_special), reuse the cached prefix it shares with the session's
- * sequence, prefill the rest, then sample until a stop token, max_tokens or a full context, streaming the
- * text through on_piece. The session keeps the sequence, so a following call continues from it. */
+ * sequence, prefill the rest, then sample until a stop token (eos, eot and the end-of-turn markers that are
+ * single control tokens; not passed on), max_tokens, on_piece returning nonzero (all EK_OK) or a full context
+ * (EK_CONTEXT_FULL), streaming the text through on_piece (may be NULL). The session keeps the sequence, so a
+ * following call reuses what it shares. */
 ek_status ek_generate(ek_session *session, const char *prompt, const ek_sampling *sampling, ek_piece_fn on_piece,
                       void *user);
-/* ek_chat_format(messages, add_generation_prompt=1), then ek_generate. */
+/* ek_chat_format(messages, add_generation_prompt=1), then ek_generate on that text without add_special (the
+ * template writes the special tokens it wants, bos included, as text). */
 ek_status ek_chat(ek_session *session, const ek_message *messages, size_t n, const ek_sampling *sampling,
                   ek_piece_fn on_piece, void *user);
 

@@ -10,6 +10,7 @@
 #include "common.h"
 #include "kernels.h"
 #include "runtime.h"
+#include "vocab_gguf.h"
 
 int ek_abi_version(void) { return EK_ABI_VERSION; }
 
@@ -307,6 +308,10 @@ ek_status ek_model_load(const char *path, const ek_model_params *params, ek_mode
     }
     if (L.st == EK_OK) load_hparams(&L);
     if (L.st == EK_OK) load_weights(&L);
+    if (L.st == EK_OK) L.st = ek_vocab_from_gguf(&m->g, path, &m->vocab);
+    if (L.st == EK_OK && m->vocab && ek_vocab_n_tokens(m->vocab) != m->n_vocab)
+        fail(&L, EK_ERR_FORMAT, "tokenizer.ggml.tokens has %d tokens but token_embd.weight %d rows",
+             ek_vocab_n_tokens(m->vocab), m->n_vocab);
     if (L.st != EK_OK) {
         ek_model_free(m);
         return L.st;
@@ -337,6 +342,7 @@ ek_status ek_model_load(const char *path, const ek_model_params *params, ek_mode
     } else { /* llama.cpp's default: SentencePiece models add bos, BPE ones do not */
         info->add_bos = tok_model != NULL && strcmp(tok_model, "llama") == 0;
     }
+    if (m->vocab) info->add_bos = ek_vocab_add_bos(m->vocab); /* the tokenizer's own rule */
     m->load_ms = now_ms() - t0;
     *out = m;
     return EK_OK;
@@ -344,6 +350,7 @@ ek_status ek_model_load(const char *path, const ek_model_params *params, ek_mode
 
 void ek_model_free(ek_model *m) {
     if (m == NULL) return;
+    ek_vocab_free(m->vocab);
     ek_gguf_close(&m->g);
     free(m->layers);
     free(m->path);

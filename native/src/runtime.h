@@ -35,6 +35,7 @@ struct ek_model {
     ek_layer *layers;
     double load_ms;
     ek_model_info info;
+    struct ek_vocab *vocab; /* from tokenizer.* (vocab.h); NULL for a model without a tokenizer */
 };
 
 struct ek_session {
@@ -51,6 +52,7 @@ struct ek_session {
     int32_t n_logits, logits_all;
     atomic_int abort;
     ek_stats stats;
+    int32_t *tokens;     /* the token at each cached position (n_past of them): ek_generate reuses the prefix */
 };
 
 /* Dequantize one row of n values of a runtime type into floats. */

@@ -41,6 +41,7 @@ void ek_session_free(ek_session *s) {
     float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp, s->ffa, s->ffb, s->rope, s->scores, s->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->xq);
+    free(s->tokens);
     free(s->kc);
     free(s->vc);
     free(s);
@@ -102,6 +103,7 @@ ek_status ek_session_new(const ek_model *m, const ek_session_params *params, ek_
     s->xq = alloc(nb * (cols / 32 * 36 + cols * 2), &ok); /* >= any activation row: Q8_1/Q8_K/BF16 */
     s->logits = alloc((size_t)m->n_vocab * 4, &ok);
     s->logits_cap = 1;
+    s->tokens = alloc((size_t)p.n_ctx * sizeof *s->tokens, &ok);
     if (!ok) {
         ek_session_free(s);
         ek_set_error("ek_session_new: out of memory (KV cache of %zu MiB for n_ctx=%d)", 2 * kv_bytes >> 20, p.n_ctx);
@@ -364,6 +366,7 @@ ek_status ek_decode(ek_session *s, const int32_t *tokens, int32_t n, int32_t pos
         s->logits_cap = rows;
     }
     s->n_past = pos;
+    if (n > 0) memcpy(s->tokens + pos, tokens, (size_t)n * sizeof *tokens); /* valid up to n_past */
     s->n_logits = 0;
     s->logits_all = logits_all != 0;
     const double t0 = now_ms();
