@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,14 +66,20 @@ class HFBackend:
 
 
 class GGUFBackend:
-    """A .gguf file run by llama.cpp with an F32 KV cache and plain attention, so F32 files match transformers."""
+    """A .gguf file run by llama.cpp (with plain attention) or by edgekit's C runtime, with an F32 KV cache, so
+    F32 files match transformers."""
 
-    def __init__(self, path: Path, ctx: int) -> None:
-        from edgekit.runtime.backends.llamacpp import LlamaCppModel
-
+    def __init__(self, path: Path, ctx: int, backend: str = "llamacpp") -> None:
         self.path = path
-        self._llm: LlamaCppModel | None = LlamaCppModel(path, n_ctx=ctx, n_batch=ctx, kv_f32=True,
-                                                                flash_attn=False)
+        self._llm: Any
+        if backend == "native":
+            from edgekit.runtime.backends.native import NativeModel
+
+            self._llm = NativeModel(path, n_ctx=ctx, n_batch=ctx, kv_f32=True)
+        else:
+            from edgekit.runtime.backends.llamacpp import LlamaCppModel
+
+            self._llm = LlamaCppModel(path, n_ctx=ctx, n_batch=ctx, kv_f32=True, flash_attn=False)
         self.vocab_size = self._llm.n_vocab
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
@@ -132,12 +138,15 @@ def check_model_path(path: Path) -> None:
         raise EdgekitError(f"{path}: unsupported model file (expected .gguf, .pte or a Hugging Face directory)")
 
 
-def open_model(path: str | Path, *, ctx: int = 512) -> Backend:
-    """The backend for a model path: a HF directory, a .gguf or a .pte file; ctx is the longest sequence."""
+def open_model(path: str | Path, *, ctx: int = 512, backend: str = "llamacpp") -> Backend:
+    """The backend for a model path: a HF directory, a .gguf or a .pte file; ctx is the longest sequence;
+    backend: who runs a .gguf ("llamacpp" or "native")."""
     path = Path(path)
     check_model_path(path)
     if path.is_dir():
         return HFBackend(path)
+    if path.suffix.lower() == ".gguf":
+        return GGUFBackend(path, ctx, backend)
     return FILE_BACKENDS[path.suffix.lower()](path, ctx)
 
 

@@ -1,4 +1,4 @@
-"""The native runtime's model side from Python: load a GGUF into libedgekit, open sessions (a KV cache
+"""The native runtime from Python: load a GGUF into libedgekit, tokenize, open sessions (a KV cache
 each), decode token ids and read logits. A thin ctypes layer over ``native/include/edgekit.h``: errors
 come back as EdgekitError carrying the C library's one-line message, logits as numpy arrays.
 
@@ -19,6 +19,7 @@ from edgekit.native import lib
 
 ABI_VERSION = 1  # EK_ABI_VERSION of the header this binding was written against
 OK, ABORTED, CONTEXT_FULL = 0, 1, 2
+ERR_BUFFER = -6
 
 
 class Aborted(EdgekitError):
@@ -63,6 +64,10 @@ def _c() -> ctypes.CDLL:
         "ek_session_n_past": (i32, [vp]),
         "ek_abort": (None, [vp]),
         "ek_session_stats": (ctypes.c_int, [vp, ctypes.POINTER(_Stats)]),
+        "ek_tokenize": (ctypes.c_int, [vp, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                       ctypes.POINTER(i32), i32, ctypes.POINTER(i32)]),
+        "ek_token_to_piece": (ctypes.c_int, [vp, i32, ctypes.c_int, ctypes.c_char_p, i32, ctypes.POINTER(i32)]),
+        "ek_token_is_special": (ctypes.c_int, [vp, i32]),
     }
     for name, (res, args) in sig.items():
         fn = getattr(c, name)
@@ -119,6 +124,33 @@ class Model:
         """A metadata value as text (arrays as "[n items]"); None if absent."""
         v = _c().ek_model_meta(self._handle(), key.encode())
         return None if v is None else v.decode(errors="replace")
+
+    def tokenize(self, text: str | bytes, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        """Token ids, as llama.cpp tokenizes; parse_special: special-token text becomes the special token."""
+        data = text.encode() if isinstance(text, str) else text
+        n = ctypes.c_int32()
+        for cap in (len(data) + 8, None):  # a token covers at least one byte, bar bos/eos: one try nearly always
+            buf = (ctypes.c_int32 * (cap or n.value))()
+            st = _c().ek_tokenize(self._handle(), data, len(data), int(add_special), int(parse_special), buf,
+                                  len(buf), ctypes.byref(n))
+            if st != ERR_BUFFER:
+                _raise(st)
+                return list(buf[:n.value])
+        raise EdgekitError(f"{self.path}: the tokenizer asked for a buffer twice")
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """A token's bytes (maybe part of a UTF-8 character); a control token gives its text only if special."""
+        n, buf = ctypes.c_int32(), ctypes.create_string_buffer(256)
+        st = _c().ek_token_to_piece(self._handle(), token, int(special), buf, len(buf), ctypes.byref(n))
+        if st == ERR_BUFFER:
+            buf = ctypes.create_string_buffer(n.value)
+            st = _c().ek_token_to_piece(self._h, token, int(special), buf, len(buf), ctypes.byref(n))
+        _raise(st)
+        return buf.raw[:n.value]
+
+    def is_special(self, token: int) -> bool:
+        """Whether a token is a control token (not text)."""
+        return bool(_c().ek_token_is_special(self._handle(), token))
 
     def session(self, *, n_ctx: int = 0, threads: int = 0, threads_batch: int = 0, n_batch: int = 0,
                 kv_f32: bool = False) -> Session:

@@ -33,7 +33,7 @@ DEFAULT_CTX = 4096
 # llama.cpp's file types for the schemes edgekit offers, and whether the scheme is "pure" (one type for
 # every weight, no per-tensor rules).
 FTYPES = {"f16": (1, False), "bf16": (32, False), "q8_0": (7, False), "q6_k": (18, False),
-          "q4_k": (14, True), "q4_k_m": (15, False)}
+          "q4_k": (14, True), "q4_k_m": (15, False), "q5_0": (8, False), "q5_1": (9, False)}
 _log_lines: collections.deque[str] = collections.deque(maxlen=40)
 
 
