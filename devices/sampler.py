@@ -93,8 +93,13 @@ class Sampler:
         self.timeline = Timeline(rate_hz=rate_hz, source=source.name if source else "")
         self.timeline.max_freq_mhz = energy.cpufreq_mhz(t.read_file(f"{CPUFREQ}/cpuinfo_max_freq"))
         if self.zone:
-            trips = [energy.thermal_c(t.read_file(f"{self.zone}/trip_point_{i}_temp")) for i in range(4)]
-            trips = [x for x in trips if x and x > 0]
+            trips = []
+            for i in range(4):  # passive/hot/critical trip points, numbered from 0
+                x = energy.thermal_c(t.read_file(f"{self.zone}/trip_point_{i}_temp"))
+                if x is None:
+                    break
+                if x > 0:
+                    trips.append(x)
             self.timeline.trip_c = min(trips) if trips else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="edgekit-sampler")
