@@ -3,8 +3,8 @@ sample energy, temperature and frequency while it runs, and turn its events into
 
 - speed in llama-bench's terms (ppP, tgN, ppP+tgN at depth D; tokens/s per repeat -> mean ± sd, median),
   load time and time to first token;
-- memory of the worker process: peak RSS from the kernel's accounting of the child (wait4 rusage locally,
-  VmHWM on a remote device) and the steady RSS after the tests;
+- memory of the worker process: peak RSS from the kernel's accounting of the worker's own memory (VmHWM,
+  read by the worker as it ends) and the steady RSS (VmRSS) after the tests;
 - energy where a source exists: mean power, joules per token for prefill and decode apart and tokens per
   joule, with the idle power measured before the run subtracted;
 - the roofline: measured read bandwidth ÷ bytes read per generated token (weights + KV cache at the depth)
@@ -14,9 +14,7 @@ sample energy, temperature and frequency while it runs, and turn its events into
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -155,14 +153,12 @@ class Profiler:
         interrupted = False
         with sampler:
             try:
-                rc, ru_maxrss, err = self._follow(args, events, model.name)
+                rc, err = self._follow(args, events, model.name)
             except KeyboardInterrupt:  # keep what the worker finished; run() stops after this model
-                interrupted, rc, ru_maxrss, err = True, 130, 0, ""
+                interrupted, rc, err = True, 130, ""
         run["timeline"] = sampler.timeline.to_dict()
         run["throttling"] = sampler.timeline.throttling()
         self._collect(run, events, sampler.timeline)
-        if ru_maxrss:
-            run["peak_rss"], run["peak_rss_from"] = ru_maxrss, "getrusage of the worker (wait4)"
         done = any(e["event"] == "done" for e in events)
         if not done:
             errors = [e["message"] for e in events if e["event"] == "error"]
@@ -174,8 +170,8 @@ class Profiler:
             run["incomplete_reason"] = errors[0] if errors else f"the worker stopped (exit {rc}): {err or 'no message'}"
         return run
 
-    def _follow(self, args: list[str], events: list[dict], name: str) -> tuple[int, int, str]:
-        """Run the worker, keep its events as they come; (exit code, its peak RSS in bytes or 0, last stderr)."""
+    def _follow(self, args: list[str], events: list[dict], name: str) -> tuple[int, str]:
+        """Run the worker, keep its events as they come; (exit code, its last line on stderr)."""
         p = self.t.popen(args)
         tail: list[str] = []
         drain = threading.Thread(target=lambda: [tail.append(x) for x in p.stderr], daemon=True)
@@ -196,26 +192,14 @@ class Profiler:
                     self.say(f"{name}: {ev['name']} @ d{ev['depth']}: {tps:.1f} tok/s")
         except KeyboardInterrupt:
             p.terminate()
-            self._wait(p)
-            drain.join(timeout=5)
+            p.wait()
             raise
-        rc, rss = self._wait(p)
-        drain.join(timeout=5)
-        p.stdout.close()
-        p.stderr.close()
-        last = next((x.strip() for x in reversed(tail) if x.strip()), "")
-        return rc, rss, last
-
-    def _wait(self, p: subprocess.Popen) -> tuple[int, int]:
-        """Reap the child with wait4 to get its rusage: ru_maxrss is the child's own peak (KiB on Linux).
-        A remote device's worker runs under ssh/adb, whose rusage says nothing: 0 there."""
-        try:
-            _, status, ru = os.wait4(p.pid, 0)
-        except ChildProcessError:
-            return p.wait(), 0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        local = self.t.name == "local"
-        return p.returncode, (ru.ru_maxrss * (1 if os.uname().sysname == "Darwin" else 1024) if local else 0)
+        finally:
+            drain.join(timeout=5)
+            p.stdout.close()
+            p.stderr.close()
+        rc = p.wait()
+        return rc, next((x.strip() for x in reversed(tail) if x.strip()), "")
 
     def _collect(self, run: dict[str, Any], events: list[dict], tl: Timeline) -> None:
         for ev in events:
@@ -223,6 +207,8 @@ class Profiler:
                 run.update(load_s=ev["load_s"], n_ctx=ev["n_ctx"], backend_name=ev["backend"],
                            threads=ev.get("threads"), model_facts=ev["model"])
             elif ev["event"] == "done":
+                # The kernel's high-water mark of the worker's own memory. Not wait4's ru_maxrss: a child
+                # started by fork/exec inherits the parent's high-water mark (here the profiler's, with torch).
                 run.update(peak_rss=ev.get("peak_rss"), peak_rss_from="VmHWM of the worker",
                            steady_rss=ev.get("rss"))
             elif ev["event"] == "test":
@@ -238,10 +224,8 @@ class Profiler:
         if ev["n_prompt"]:
             out["ttft_s"] = summary(ev["ttft_s"])
         perf = [p for p in ev.get("perf") or [] if p]
-        if perf:  # llama.cpp's own count of the same runs, for comparison
-            ms = [p["t_p_eval_ms"] + p["t_eval_ms"] for p in perf]
-            out["llama_perf_tokens_per_s"] = summary([(p["n_p_eval"] + p["n_eval"]) * 1000 / t
-                                                      for p, t in zip(perf, ms, strict=True) if t > 0])
+        if perf:  # llama.cpp's own timing of the same runs, for comparison
+            out["llama_perf_tokens_per_s"] = summary([llama_perf_tps(p) for p in perf])
         joules = [tl.energy_j(a, b) for a, b in ev["spans"]]
         if joules and all(j is not None for j in joules):
             secs = sum(b - a for a, b in ev["spans"])
@@ -251,6 +235,14 @@ class Profiler:
             kv = (facts.get("kv_bytes_per_position") or 0) * (ev["depth"] + ev["n_gen"] / 2)
             out["bytes_per_token"] = facts["weight_bytes_per_token"] + kv
         return out
+
+
+def llama_perf_tps(p: dict[str, float]) -> float:
+    """Tokens/s by llama_perf_context: batches of several tokens count as p_eval, single tokens as eval.
+    llama.cpp reports a count of at least 1 even for a phase that never ran, so only timed phases count."""
+    n = (p["n_p_eval"] if p["t_p_eval_ms"] > 0 else 0) + (p["n_eval"] if p["t_eval_ms"] > 0 else 0)
+    ms = p["t_p_eval_ms"] + p["t_eval_ms"]
+    return n * 1000 / ms if ms > 0 else 0.0
 
 
 def derive(data: dict[str, Any]) -> None:
