@@ -79,11 +79,16 @@ class Profiler:
         return [*self.t.python(), "-m", "edgekit.devices.worker", *args]
 
     def bandwidth(self) -> float | None:
-        rc, out = self.t.run_text(self.worker(["--bandwidth"]), timeout=120)
+        """The device's read bandwidth, by the worker in a process of its own; also the first sign of a device
+        where edgekit's worker cannot run."""
+        p = self.t.popen(self.worker(["--bandwidth"]))
+        out, err = p.communicate(timeout=300)
         for line in out.splitlines():
             if line.startswith("{"):
                 return json.loads(line).get("read_bytes_per_s")
-        return None
+        why = (err.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+        raise EdgekitError(f"{self.t.name}: cannot run edgekit's worker there ({why}); --remote-python names a "
+                           "Python with edgekit installed")
 
     def run(self, models: list[Path]) -> Report:
         cfg = self.cfg

@@ -50,7 +50,8 @@ def plots(report: Report) -> dict[str, bytes]:
             ax.bar(xs, ys, w, yerr=es, label=f"depth {d}", capsize=3)
         ax.set_xticks([i + w * (len(depths) - 1) / 2 for i in range(len(labels))], labels, fontsize=8)
         ax.set_ylabel("decode tokens/s")
-        ax.set_title(f"decode speed on {report.data['device'].get('name')}")
+        dev = report.data["device"]
+        ax.set_title(f"decode speed on {dev.get('name')} ({dev.get('cpu') or dev.get('arch')})")
         ax.legend(fontsize=8)
         out["decode_tps.png"] = _png(fig)
     jt = [r for r in rows if r["joules_per_token"] is not None]
@@ -63,7 +64,7 @@ def plots(report: Report) -> dict[str, bytes]:
     series = []
     for run in report.data["runs"]:
         tl = run.get("timeline") or {}
-        if tl.get("samples"):
+        if any(x is not None for row in tl.get("samples") or [] for x in row[2:5]):  # power, temperature, clock
             series.append((Path(run["model"]).name + " " + run["backend"], tl["samples"]))
     if series:
         t0 = min(s[0][0] for _, s in series)

@@ -91,6 +91,12 @@ class Report:
                 notes.append(f"- {name} ({run['backend']}): skipped: {run['skipped']}")
             if run.get("incomplete"):
                 notes.append(f"- {name} ({run['backend']}): incomplete: {run['incomplete_reason']}")
+            over = [t for t in run["tests"] if (t.get("roofline") or {}).get("fraction", 0) > 1]
+            if over:
+                which = ", ".join(f"{t['name']} @ d{t['depth']}" for t in over)
+                notes.append(f"- {name} ({run['backend']}): {which} "
+                             "beat the DRAM ceiling: the model fits in the CPU caches, so its decode speed says "
+                             "nothing about memory bandwidth")
             tl = run.get("timeline") or {}
             if tl:
                 notes.append(f"- {name} ({run['backend']}): {tl['n_samples']} samples at {tl['rate_hz']:g} Hz; "

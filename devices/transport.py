@@ -18,7 +18,7 @@ from edgekit.errors import EdgekitError
 # One shell script gathers everything probe() needs in one round trip (ssh and adb pay per command).
 PROBE_SCRIPT = ("uname -s; uname -r; uname -m; (nproc 2>/dev/null || getconf _NPROCESSORS_ONLN); "
                 "echo ---meminfo; cat /proc/meminfo 2>/dev/null | head -5; echo ---cpuinfo; "
-                "grep -m1 -iE '^(model name|Hardware|Model)' /proc/cpuinfo 2>/dev/null; "
+                "grep -m1 -E '^(model name|Hardware|Model)[[:space:]]*:' /proc/cpuinfo 2>/dev/null; "
                 "echo ---os; (cat /etc/os-release 2>/dev/null | grep -m1 PRETTY_NAME; "
                 "getprop ro.build.version.release 2>/dev/null; getprop ro.product.model 2>/dev/null; "
                 "sysctl -n machdep.cpu.brand_string hw.memsize 2>/dev/null; sw_vers -productVersion 2>/dev/null) | cat")

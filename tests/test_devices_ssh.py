@@ -126,6 +126,17 @@ def test_model_larger_than_free_ram_is_refused_before_copying(sshd, tmp_path, mo
     assert not (sshd["dir"] / "remote" / "big.gguf").exists()
 
 
+@pytest.mark.slow
+def test_no_edgekit_on_the_far_side(sshd, f32_ggufs):
+    t = connect(sshd)
+    t.remote_python = "/nonexistent/python3"
+    try:
+        with pytest.raises(EdgekitError, match=r"cannot run edgekit.s worker there \(.*nonexistent/python3"):
+            Profiler(t, ProfileConfig(idle_s=0.1)).run([f32_ggufs["llama"]])
+    finally:
+        t.close()
+
+
 def _with_ram(info, free):
     info.ram_free = free
     return info
