@@ -107,6 +107,9 @@ class Sampler:
     def sample(self) -> Sample:
         r = self.source.read() if self.source else None
         s = Sample(t=r.t if r else time.time(), joules=r.joules if r else None, watts=r.watts if r else None)
+        prev = next((p for p in reversed(self.timeline.samples) if p.joules is not None), None)
+        if s.watts is None and s.joules is not None and prev and s.t > prev.t:  # a counter: power for the plots
+            s.watts = (s.joules - prev.joules) / (s.t - prev.t)
         if self.zone:
             s.temp_c = energy.thermal_c(self.t.read_file(f"{self.zone}/temp"))
         s.freq_mhz = energy.cpufreq_mhz(self.t.read_file(f"{CPUFREQ}/scaling_cur_freq"))

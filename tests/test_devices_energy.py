@@ -204,6 +204,24 @@ def test_timeline_energy_from_counter_and_from_power():
     assert power.mean_watts(1.0, 2.0) == pytest.approx(4.0)
 
 
+def test_sampler_gives_power_from_a_counter(tmp_path):
+    import shutil
+
+    from edgekit.devices.sampler import Sampler
+
+    root = tmp_path / "powercap"
+    shutil.copytree(FIX / "rapl", root)
+    src = sources.Rapl(Rooted({"/sys/class/powercap": root}))
+    assert src.probe() is None
+    s = Sampler(Rooted({}), src)
+    s.timeline.samples.append(s.sample())
+    (root / "intel-rapl:0" / "energy_uj").write_text("500000\n")  # 0.82885 J later, across the wrap
+    time.sleep(0.1)
+    second = s.sample()
+    dt = second.t - s.timeline.samples[0].t
+    assert second.joules == pytest.approx(0.82885) and second.watts == pytest.approx(0.82885 / dt)
+
+
 def test_sampler_thread_rate():
     from edgekit.devices.sampler import Sampler
 

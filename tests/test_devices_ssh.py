@@ -96,14 +96,18 @@ def test_profile_over_ssh_end_to_end(sshd, f32_ggufs, tmp_path):
         before = Path(remote).stat().st_mtime_ns
         t.push(model)  # same sha256: not copied again
         assert Path(remote).stat().st_mtime_ns == before
-        report = Profiler(t, ProfileConfig(prompts=[16], gens=[8], depths=[0, 16], repeats=2, threads=2,
-                                           idle_s=0.1)).run([model])
+        report = Profiler(t, ProfileConfig(prompts=[16], gens=[8], pairs=[(16, 8)], depths=[0, 16], repeats=2,
+                                           threads=1, idle_s=0.1)).run([model])
     finally:
         t.close()
     d = report.data
     assert d["device"]["name"] == sshd["spec"] and not d["incomplete"]
     [run] = d["runs"]
-    assert [t["name"] for t in run["tests"]] == ["pp16", "tg8", "pp16", "tg8"]
+    assert [(t["name"], t["depth"]) for t in run["tests"]] == [
+        ("pp16", 0), ("tg8", 0), ("pp16+tg8", 0), ("pp16", 16), ("tg8", 16), ("pp16+tg8", 16)]
+    pg = run["tests"][2]
+    assert pg["ttft_s"]["mean"] < sum(pg["samples_s"]) / 2  # the first token comes before the 8 decoded ones
+    assert all(abs(t["tokens_per_s"]["mean"] / t["llama_perf_tokens_per_s"]["mean"] - 1) < 0.5 for t in run["tests"])
     assert run["peak_rss_from"] == "VmHWM of the worker" and run["peak_rss"] > 10 * 2**20
     assert d["bandwidth_bytes_per_s"] > 1e8
     assert not list(Path(remote).parent.glob(".*.tmp"))
