@@ -141,6 +141,27 @@ def test_no_edgekit_on_the_far_side(sshd, f32_ggufs):
         t.close()
 
 
+@pytest.mark.slow
+def test_full_remote_disk_copies_nothing(sshd, tmp_path):
+    model = tmp_path / "fresh.gguf"
+    model.write_bytes(b"GGUF" + os.urandom(3 << 20))
+    t = connect(sshd)
+    real = t.shell
+
+    def small_disk(script: str):  # the far side's df says 1 MiB is free; everything else runs for real
+        if script.startswith("df "):
+            return 0, "/dev/sda1 1000000 999000 1024 100% /\n"
+        return real(script)
+
+    t.shell = small_disk
+    try:
+        with pytest.raises(EdgekitError, match=r"fresh.gguf needs 3 MiB, the remote disk has 1 MiB free"):
+            t.push(model)
+    finally:
+        t.close()
+    assert not list((sshd["dir"] / "remote").glob("*fresh.gguf*"))
+
+
 def _with_ram(info, free):
     info.ram_free = free
     return info
