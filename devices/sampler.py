@@ -106,7 +106,8 @@ class Sampler:
 
     def sample(self) -> Sample:
         r = self.source.read() if self.source else None
-        s = Sample(t=r.t if r else time.time(), joules=r.joules if r else None, watts=r.watts if r else None)
+        # Stamped when sampled: a streamed reading (a meter's newest line) holds until the next one arrives.
+        s = Sample(t=time.time(), joules=r.joules if r else None, watts=r.watts if r else None)
         prev = next((p for p in reversed(self.timeline.samples) if p.joules is not None), None)
         if s.watts is None and s.joules is not None and prev and s.t > prev.t:  # a counter: power for the plots
             s.watts = (s.joules - prev.joules) / (s.t - prev.t)

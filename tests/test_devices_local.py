@@ -205,3 +205,20 @@ def test_ctrl_c_keeps_results_marked_incomplete(f32_ggufs, tmp_path):
     assert data["incomplete"] and data["incomplete_reason"] == "interrupted (Ctrl-C)"
     assert 1 <= len(data["runs"][0]["tests"]) < 8
     assert "**INCOMPLETE**" in (out / "profile.md").read_text()
+
+
+@pytest.mark.slow
+def test_energy_from_a_usb_meter_command(f32_ggufs):
+    """A run with an energy source: a stand-in USB meter (a command printing the CSV a meter's logger prints)
+    that reads a constant 5 W, so the idle baseline is 5 W and the net energy per token is zero."""
+    meter = f"cmd:{sys.executable} -u -c \"import time\nprint('time_s,voltage_V,current_A')\n" \
+            "while True: print(f'{time.time()},5.0,1.0'); time.sleep(0.02)\""
+    report = bench.Profiler(Local(), cfg(prompts=[16], gens=[8], depths=[0], repeats=2, meter=meter, rate_hz=50,
+                                         idle_s=0.3)).run([f32_ggufs["llama"]])
+    en = report.data["energy"]
+    assert en["source"] == "USB power meter" and en["idle_watts"] == pytest.approx(5.0)
+    for t in report.data["runs"][0]["tests"]:
+        assert t["energy"]["mean_watts"] == pytest.approx(5.0)
+        assert t["energy"]["joules_per_token"] == pytest.approx(0.0, abs=1e-9)
+    assert report.data["runs"][0]["timeline"]["n_samples"] > 5
+    assert "USB power meter" in report.to_markdown()
