@@ -230,7 +230,8 @@ class Profiler:
             out["ttft_s"] = summary(ev["ttft_s"])
         perf = [p for p in ev.get("perf") or [] if p]
         if perf:  # llama.cpp's own timing of the same runs, for comparison
-            out["llama_perf_tokens_per_s"] = summary([llama_perf_tps(p) for p in perf])
+            out["llama_perf_samples_ts"] = [llama_perf_tps(p) for p in perf]
+            out["llama_perf_tokens_per_s"] = summary(out["llama_perf_samples_ts"])
         joules = [tl.energy_j(a, b) for a, b in ev["spans"]]
         if joules and all(j is not None for j in joules):
             secs = sum(b - a for a, b in ev["spans"])
