@@ -97,6 +97,8 @@ class Profiler:
                 raise EdgekitError(f"{m}: no such model file")
             if m.suffix not in (".gguf", ".pte"):
                 raise EdgekitError(f"{m}: not a .gguf or .pte model")
+            if not backends_for(m, cfg.backends):
+                raise EdgekitError(f"{m}: none of --backend {','.join(cfg.backends or [])} runs a {m.suffix} file")
         self.say(f"probing {self.t.name}")
         info = self.t.probe()
         self.worker([])  # no runner there: say so before anything is measured or copied

@@ -184,6 +184,9 @@ def test_cli_devices_and_bad_input(tmp_path, capsys, monkeypatch):
     assert "missing.gguf: no such model file" in capsys.readouterr().err
     assert main(["profile", str(tmp_path / "x.gguf"), "--backend", "cuda"]) == 1
     assert "--backend cuda: unknown" in capsys.readouterr().err
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    assert main(["profile", str(tmp_path / "a.gguf"), "--backend", "executorch"]) == 1
+    assert "none of --backend executorch runs a .gguf file" in capsys.readouterr().err
     assert main(["profile", "x.gguf", "--device", "telnet://x"]) == 1
     assert "expected local, ssh://" in capsys.readouterr().err
 
