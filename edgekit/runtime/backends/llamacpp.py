@@ -239,6 +239,7 @@ class LlamaCppModel(Model):
             cp = ll.llama_context_default_params()
             cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, 1
             cp.n_threads = cp.n_threads_batch = threads
+            cp.no_perf = False  # llama.cpp's own timings (`perf()`), the profiler's reference
             if kv_f32:
                 cp.type_k = cp.type_v = GGML_TYPE_F32
             if flash_attn is not None:
@@ -314,6 +315,15 @@ class LlamaCppModel(Model):
             out = self._ll.llama_get_logits(self._ctx)
             rows.append(np.ctypeslib.as_array(out, shape=(len(chunk), self.n_vocab)).copy())
         return np.concatenate(rows)
+
+    def perf(self, reset: bool = False) -> dict[str, float]:
+        """llama.cpp's own timings since the last reset (llama_perf_context): t_p_eval_ms / n_p_eval for
+        batches of several tokens, t_eval_ms / n_eval for single-token decodes. reset=True starts again."""
+        d = self._ll.llama_perf_context(self._ctx)
+        out = {k: float(getattr(d, k)) for k in ("t_load_ms", "t_p_eval_ms", "t_eval_ms", "n_p_eval", "n_eval")}
+        if reset:
+            self._ll.llama_perf_context_reset(self._ctx)
+        return out
 
     def close(self) -> None:
         ll = getattr(self, "_ll", None)
