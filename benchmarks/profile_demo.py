@@ -1,6 +1,6 @@
 """The sample profiler report in benchmarks/results/profile_demo/: the demo model as Q4_K_M and Q8_0 GGUF
-(llama.cpp) and as an 8da4w .pte (ExecuTorch) on this machine, at depths 0 and 256, through `edgekit profile`
-itself (JSON, Markdown, CSV, PNG). The native backend is listed and skipped until its runner exists.
+(llama.cpp and edgekit's native runtime) and as an 8da4w .pte (ExecuTorch) on this machine, at depths 0 and 256,
+through `edgekit profile` itself (JSON, Markdown, CSV, PNG).
 
     python benchmarks/profile_demo.py [--workdir /tmp/edgekit-profile-demo] [-r 5]
 """

@@ -148,13 +148,10 @@ class Profiler:
     def run_model(self, model: Path, backend: str, source: Any) -> dict[str, Any]:
         run: dict[str, Any] = {"model": str(model), "backend": backend, "tests": [], "incomplete": False,
                                "incomplete_reason": ""}
-        if backend == "native":
-            run["skipped"] = "the native runner (edgekit-run, issue 14) is not available yet"
-            return run
         self.say(f"{model.name}: copying to {self.t.name}" if self.t.name != "local" else f"{model.name}: loading")
         side = [model.with_name(n) for n in ("tokenizer.json", "tokenizer_config.json", f"{model.stem}.manifest.json")]
         remote = self.t.push(model, [f for f in side if model.suffix == ".pte" and f.is_file()])
-        args = self.worker([remote, *self.cfg.worker_args()])
+        args = self.worker([remote, *self.cfg.worker_args(), "--backend", backend])
         sampler = Sampler(self.t, source, self.cfg.rate_hz)
         events: list[dict[str, Any]] = []
         interrupted = False

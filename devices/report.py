@@ -87,8 +87,6 @@ class Report:
             name = Path(run["model"]).name
             if run.get("throttling"):
                 notes.append(f"- {name} ({run['backend']}): throttling: {'; '.join(run['throttling'])}")
-            if run.get("skipped"):
-                notes.append(f"- {name} ({run['backend']}): skipped: {run['skipped']}")
             if run.get("incomplete"):
                 notes.append(f"- {name} ({run['backend']}): incomplete: {run['incomplete_reason']}")
             over = [t for t in run["tests"] if (t.get("roofline") or {}).get("fraction", 0) > 1]

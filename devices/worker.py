@@ -3,6 +3,7 @@ per line on stdout. The profiler starts it as a child (locally, over ssh, later 
 reports is this process's, not the profiler's.
 
     python -m edgekit.devices.worker MODEL [-p 512] [-n 128] [--pg 512,128] [-d 0,512] [-r 5] [--threads N]
+                                     [--backend llamacpp|native|executorch]
 
 Tests, as llama-bench has them: ppP (prefill P tokens), tgN (decode N tokens one at a time), pgP,N (both), each
 at every depth D (D tokens already in the KV cache, filled before the clock starts). Tokenization and sampling
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-r", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--backend", choices=["llamacpp", "native", "executorch"],
+                    help="who runs it (default: by the file's format)")
     ap.add_argument("--bandwidth", action="store_true",
                     help="measure the memory read bandwidth instead (its own process: the array would count in "
                          "a model run's peak RSS)")
@@ -183,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         import edgekit.runtime as rt
 
         t0 = time.perf_counter()
-        opts = {"threads": args.threads} if args.threads and args.model.suffix == ".gguf" else {}
+        opts: dict[str, Any] = {"threads": args.threads} if args.threads and args.model.suffix == ".gguf" else {}
+        if args.backend and args.model.suffix == ".gguf":
+            opts["backend"] = args.backend
         # A .pte's KV cache has the length it was exported with: load it as it is, check the length below.
         model = rt.load(args.model, n_ctx=None if args.model.suffix == ".pte" else need, **opts)
         load_s = time.perf_counter() - t0

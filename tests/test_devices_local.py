@@ -99,6 +99,16 @@ def test_pte_profile(llama_pte):
     assert all(t["tokens_per_s"]["mean"] > 0 for t in run["tests"])
 
 
+@pytest.mark.slow
+def test_native_backend_profile(f32_ggufs):
+    report = bench.Profiler(Local(), cfg(prompts=[16], gens=[8], depths=[0, 16], repeats=2, backends=["native"])) \
+        .run([f32_ggufs["llama"]])
+    [run] = report.data["runs"]
+    assert run["backend"] == run["backend_name"] == "native" and not run["incomplete"]
+    assert [t["name"] for t in run["tests"]] == ["pp16", "tg8", "pp16", "tg8"]
+    assert all(t["tokens_per_s"]["mean"] > 0 and "llama_perf_tokens_per_s" not in t for t in run["tests"])
+
+
 def test_worker_reports_an_error_as_one_event(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 10)
