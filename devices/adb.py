@@ -1,7 +1,7 @@
 """An Android device over adb: `adb -s SERIAL shell` runs commands, files go to /data/local/tmp/edgekit
 (copied only when the sha256 differs, pushed to a temporary name and renamed), the battery is read from its
 sysfs or `dumpsys battery`. Models run on a phone through the native runner (edgekit-run, issue 14): until it
-exists, a profile over adb stops with that reason after probing and pushing."""
+is driven by the profiler, a profile over adb stops with that reason after probing."""
 
 from __future__ import annotations
 
@@ -79,4 +79,4 @@ class Adb(Transport):
 
     def python(self) -> list[str]:
         raise EdgekitError(f"{self.name}: no runner for android yet: models run on a phone through edgekit-run "
-                           "(the native runtime, issue 14), which is not built yet")
+                           "(the native runtime, issue 14), which the profiler does not drive yet")
