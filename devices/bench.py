@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.devices.report import SCHEMA_VERSION, Report
+from edgekit.devices.runner import Runner, bench_events, local_runner
 from edgekit.devices.sampler import Sampler, Timeline
 from edgekit.devices.sources import find_source
-from edgekit.devices.transport import Transport
+from edgekit.devices.transport import Local, Transport
+from edgekit.devices.worker import model_facts
 from edgekit.errors import EdgekitError
 
 BACKENDS = {"llamacpp": ".gguf", "executorch": ".pte", "native": ".gguf"}
@@ -45,6 +47,7 @@ class ProfileConfig:
     idle_s: float = 2.0                # idle baseline before the runs (energy only)
     meter: str | None = None           # an external USB meter: "cmd:COMMAND" or a serial/CSV path
     settle_s: float = 0.0              # pause between models, for the device to cool
+    runner_wrap: list[str] = field(default_factory=list)  # edgekit-run runs under it: ["taskset", "-c", "4-7"]
 
     def worker_args(self) -> list[str]:
         j = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
@@ -74,18 +77,21 @@ class Profiler:
                  progress: Callable[[str], None] | None = None) -> None:
         self.t, self.cfg = transport, cfg
         self.say = progress or (lambda msg: None)
+        self.runner: Runner | None = None
 
     def worker(self, args: list[str]) -> list[str]:
         return [*self.t.python(), "-m", "edgekit.devices.worker", *args]
 
-    def bandwidth(self) -> float | None:
-        """The device's read bandwidth, by the worker in a process of its own; also the first sign of a device
-        where edgekit's worker cannot run."""
+    def bandwidth(self) -> tuple[float | None, str]:
+        """The device's read bandwidth and how it was measured: by edgekit-run's threads where the runner is
+        there, else by the worker (numpy, one core) in a process of its own."""
+        if self.runner:
+            return self.runner.bandwidth(self.cfg.threads)
         p = self.t.popen(self.worker(["--bandwidth"]))
         out, err = p.communicate(timeout=300)
         for line in out.splitlines():
             if line.startswith("{"):
-                return json.loads(line).get("read_bytes_per_s")
+                return json.loads(line).get("read_bytes_per_s"), "numpy sum of 256 MiB (one core)"
         why = (err.strip().splitlines() or [f"exit {p.returncode}"])[-1]
         raise EdgekitError(f"{self.t.name}: cannot run edgekit's worker there ({why}); --remote-python names a "
                            "Python with edgekit installed")
@@ -101,11 +107,20 @@ class Profiler:
                 raise EdgekitError(f"{m}: none of --backend {','.join(cfg.backends or [])} runs a {m.suffix} file")
         self.say(f"probing {self.t.name}")
         info = self.t.probe()
-        self.worker([])  # no runner there: say so before anything is measured or copied
+        wanted = {b for m in models for b in backends_for(m, cfg.backends)}
+        if wanted - {"native"}:
+            self.worker([])  # no edgekit Python there: say so before anything is measured or copied
         for m in models:  # nor is a model copied that cannot fit
             if info.ram_free and m.stat().st_size > info.ram_free:
                 raise EdgekitError(f"{m}: {m.stat().st_size / 2**20:.0f} MiB does not fit the "
                                    f"{info.ram_free / 2**20:.0f} MiB of free RAM on {self.t.name}")
+        if "native" in wanted or (isinstance(self.t, Local) and local_runner()):
+            self.say(f"edgekit-run for {info.arch}: building or reusing it, copying it to {self.t.name}")
+            try:
+                self.runner = Runner(self.t, info.arch, cfg.runner_wrap)
+            except EdgekitError as e:
+                if "native" in wanted:
+                    raise EdgekitError(f"{self.t.name}: {e}") from None
         source, reasons = find_source(self.t, cfg.meter)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         report = Report({"schema_version": SCHEMA_VERSION, "created": created,
@@ -116,7 +131,7 @@ class Profiler:
                          "runs": [], "incomplete": False, "incomplete_reason": ""})
         try:
             self.say("measuring memory read bandwidth")
-            report.data["bandwidth_bytes_per_s"] = self.bandwidth()
+            report.data["bandwidth_bytes_per_s"], report.data["bandwidth_from"] = self.bandwidth()
             if source:
                 self.say(f"idle baseline ({cfg.idle_s:.0f} s, {source.name})")
                 with Sampler(self.t, source, cfg.rate_hz) as s:
@@ -157,7 +172,13 @@ class Profiler:
         interrupted = False
         with sampler:
             try:
-                rc, err = self._follow(args, events, model.name)
+                if backend == "native":
+                    assert self.runner
+                    rc, err = 0, ""
+                    bench_events(self.runner, remote, model_facts(model), self.cfg,
+                                 lambda ev: self._event(ev, events, model.name))
+                else:
+                    rc, err = self._follow(args, events, model.name)
             except KeyboardInterrupt:  # keep what the worker finished; run() stops after this model
                 interrupted, rc, err = True, 130, ""
         run["timeline"] = sampler.timeline.to_dict()
@@ -188,12 +209,7 @@ class Profiler:
                     ev = json.loads(line)
                 except ValueError:
                     continue
-                events.append(ev)
-                if ev["event"] == "loaded":
-                    self.say(f"{name}: loaded in {ev['load_s']:.2f} s")
-                elif ev["event"] == "test":
-                    tps = (ev["n_prompt"] + ev["n_gen"]) / statistics.fmean(ev["samples_s"])
-                    self.say(f"{name}: {ev['name']} @ d{ev['depth']}: {tps:.1f} tok/s")
+                self._event(ev, events, name)
         except KeyboardInterrupt:
             p.terminate()
             p.wait()
@@ -205,6 +221,14 @@ class Profiler:
         rc = p.wait()
         return rc, next((x.strip() for x in reversed(tail) if x.strip()), "")
 
+    def _event(self, ev: dict[str, Any], events: list[dict], name: str) -> None:
+        events.append(ev)
+        if ev["event"] == "loaded":
+            self.say(f"{name}: loaded in {ev['load_s']:.2f} s")
+        elif ev["event"] == "test":
+            tps = (ev["n_prompt"] + ev["n_gen"]) / statistics.fmean(ev["samples_s"])
+            self.say(f"{name}: {ev['name']} @ d{ev['depth']}: {tps:.1f} tok/s")
+
     def _collect(self, run: dict[str, Any], events: list[dict], tl: Timeline) -> None:
         for ev in events:
             if ev["event"] == "loaded":
@@ -213,8 +237,11 @@ class Profiler:
             elif ev["event"] == "done":
                 # The kernel's high-water mark of the worker's own memory. Not wait4's ru_maxrss: a child
                 # started by fork/exec inherits the parent's high-water mark (here the profiler's, with torch).
-                run.update(peak_rss=ev.get("peak_rss"), peak_rss_from="VmHWM of the worker",
-                           steady_rss=ev.get("rss"))
+                run.update(peak_rss=ev.get("peak_rss"), steady_rss=ev.get("rss"),
+                           peak_rss_from="VmHWM of the worker" if "load_s_all" not in ev else
+                           "edgekit-run's own getrusage (ru_maxrss), the largest over its runs")
+            elif ev["event"] == "note":
+                run.setdefault("notes", []).append(ev["message"])
             elif ev["event"] == "test":
                 run["tests"].append(self._test(ev, tl, run.get("model_facts", {})))
                 run["steady_rss"] = ev.get("rss")

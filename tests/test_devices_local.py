@@ -104,9 +104,12 @@ def test_native_backend_profile(f32_ggufs):
     report = bench.Profiler(Local(), cfg(prompts=[16], gens=[8], depths=[0, 16], repeats=2, backends=["native"])) \
         .run([f32_ggufs["llama"]])
     [run] = report.data["runs"]
-    assert run["backend"] == run["backend_name"] == "native" and not run["incomplete"]
-    assert [t["name"] for t in run["tests"]] == ["pp16", "tg8", "pp16", "tg8"]
-    assert all(t["tokens_per_s"]["mean"] > 0 and "llama_perf_tokens_per_s" not in t for t in run["tests"])
+    assert run["backend"] == "native" and run["backend_name"] == "edgekit-run (this build)" and not run["incomplete"]
+    assert [t["name"] for t in run["tests"]] == ["pp16", "tg8"]  # the runner has no depth option: d16 is noted
+    assert run["notes"] == ["depth 16 not measured: edgekit-run --bench has no depth"]
+    assert all(t["tokens_per_s"]["mean"] > 0 and len(t["samples_s"]) == 2 for t in run["tests"])
+    assert run["peak_rss"] > 2**20 and run["peak_rss_from"].startswith("edgekit-run's own getrusage")
+    assert report.data["bandwidth_from"].startswith("edgekit-run --bandwidth")
 
 
 def test_worker_reports_an_error_as_one_event(tmp_path):
