@@ -37,7 +37,7 @@ BANDWIDTH_MIB = 256  # far larger than any last-level cache, small enough for a 
 
 def repo_root() -> Path | None:
     """The checkout edgekit runs from, when it has the C sources (an editable install); None for a wheel."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]  # devices/ sits in the checkout's root
     return root if (root / "native" / "tools" / "edgekit_run.c").is_file() else None
 
 

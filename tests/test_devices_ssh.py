@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.devices.bench import ProfileConfig, Profiler
+from edgekit.devices.runner import Runner
 from edgekit.devices.ssh import Ssh, config_hosts, parse_spec
 from edgekit.errors import EdgekitError
 
@@ -29,11 +30,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
+    yield from serve(tmp_path_factory.mktemp("sshd"), os.environ["PATH"])
+
+
+def serve(d: Path, path: str):
+    """An sshd on a free port of 127.0.0.1 (key-only, its own host key) whose sessions get PATH=path."""
     if not SSHD:
         pytest.skip("sshd is not installed (apt-get install openssh-server; .ci/setup does it where it can)")
     if os.geteuid() == 0 and not Path("/run/sshd").is_dir():
         os.makedirs("/run/sshd", mode=0o755)  # sshd's privilege-separation directory, missing in containers
-    d = tmp_path_factory.mktemp("sshd")
     for name in ("host", "client"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
     (d / "authorized_keys").write_text((d / "client.pub").read_text())
@@ -43,7 +48,7 @@ def sshd(tmp_path_factory):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n"
         f"StrictModes no\nPermitRootLogin prohibit-password\nPidFile {d / 'sshd.pid'}\n"
-        f"SetEnv PATH={os.environ['PATH']}\n")
+        f"SetEnv PATH={path}\n")
     p = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -193,3 +198,54 @@ sys.exit(p.wait())
     d = report.data
     assert d["incomplete"] and "the worker stopped" in d["incomplete_reason"]
     assert d["runs"][0]["tests"]  # what finished before the drop is kept
+
+
+@pytest.fixture(scope="module")
+def sshd_aarch64(tmp_path_factory):
+    """An sshd whose sessions see an aarch64 machine: a `uname` first on their PATH says aarch64 for -m (the
+    rest is the real uname). This machine has no binfmt_misc entry for aarch64, so an aarch64 program runs
+    there only as `qemu-aarch64 PROGRAM`: the profiler's runner_wrap, the same option that runs the runner
+    under `taskset` on a real board."""
+    need = [t for t in ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-strip", "qemu-aarch64") if not shutil.which(t)]
+    if need:
+        pytest.skip(f"missing {', '.join(need)} (apt-get install gcc-aarch64-linux-gnu qemu-user)")
+    d = tmp_path_factory.mktemp("sshd-aarch64")
+    (d / "bin").mkdir()
+    (d / "bin" / "uname").write_text(f'#!/bin/sh\n[ "$1" = -m ] && {{ echo aarch64; exit 0; }}\n'
+                                     f'exec {shutil.which("uname")} "$@"\n')
+    (d / "bin" / "uname").chmod(0o755)
+    yield from serve(d, f"{d / 'bin'}:{os.environ['PATH']}")
+
+
+@pytest.mark.slow
+def test_native_runner_over_ssh_on_aarch64_under_qemu(sshd_aarch64, f32_ggufs):
+    """--backend native on an "aarch64" host over a real sshd: the static aarch64 edgekit-run is built (or taken
+    from the cache), pushed once, and runs under qemu-aarch64 on the far side (binfmt absent, so without the
+    wrap it could not run at all); its JSON fills the same report: load, TTFT, tokens/s, its peak RSS, and its
+    --bandwidth for the roofline."""
+    t = connect(sshd_aarch64)
+    cfg = ProfileConfig(prompts=[8], gens=[4], depths=[0], repeats=2, warmup=0, threads=1, idle_s=0.1,
+                        backends=["native"], runner_wrap=["qemu-aarch64"])
+    try:
+        assert t.probe().arch == "aarch64"
+        report = Profiler(t, cfg).run([f32_ggufs["llama"]])
+        remote = sshd_aarch64["dir"] / "remote"
+        runner = remote / "edgekit-run-aarch64"
+        assert runner.read_bytes()[:4] == b"\x7fELF" and runner.read_bytes()[18] == 183  # e_machine: EM_AARCH64
+        before = runner.stat().st_mtime_ns
+        Runner(t, "aarch64", ["qemu-aarch64"])
+        assert runner.stat().st_mtime_ns == before  # same sha256: not pushed again
+    finally:
+        t.close()
+    d = report.data
+    assert not d["incomplete"] and d["device"]["arch"] == "aarch64"
+    [run] = d["runs"]
+    assert run["backend_name"] == "edgekit-run (aarch64, static)"
+    assert [x["name"] for x in run["tests"]] == ["pp8", "tg4"]
+    for x in run["tests"]:
+        assert len(x["samples_s"]) == 2 and x["tokens_per_s"]["mean"] > 0
+    assert run["tests"][0]["ttft_s"]["mean"] > 0 and run["load_s"] > 0
+    assert run["peak_rss"] > 2**20 and run["peak_rss_from"].startswith("edgekit-run's own getrusage")
+    assert d["bandwidth_from"].startswith("edgekit-run --bandwidth") and d["bandwidth_bytes_per_s"] > 1e7
+    assert run["tests"][1]["roofline"]["fraction"] > 0
+    assert not list(remote.glob(".*.tmp"))
