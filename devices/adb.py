@@ -1,7 +1,7 @@
 """An Android device over adb: `adb -s SERIAL shell` runs commands, files go to /data/local/tmp/edgekit
 (copied only when the sha256 differs, pushed to a temporary name and renamed), the battery is read from its
-sysfs or `dumpsys battery`. Models run on a phone through the native runner (edgekit-run, issue 14): until it
-is driven by the profiler, a profile over adb stops with that reason after probing."""
+sysfs or `dumpsys battery`. A phone has no edgekit Python: models run there through the static native runner
+(edgekit-run, devices/runner.py), pushed beside them; `.gguf` files default to `--backend native` here."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def list_devices(adb: str = "adb") -> list[tuple[str, str]] | None:
 
 class Adb(Transport):
     os = "android"
+    has_python = False
 
     def __init__(self, serial: str, adb: str = "adb") -> None:
         if not serial:
@@ -78,5 +79,5 @@ class Adb(Transport):
         return f"{REMOTE_DIR}/{Path(local).name}"
 
     def python(self) -> list[str]:
-        raise EdgekitError(f"{self.name}: no runner for android yet: models run on a phone through edgekit-run "
-                           "(the native runtime, issue 14), which the profiler does not drive yet")
+        raise EdgekitError(f"{self.name}: a phone has no edgekit Python for the llamacpp and executorch backends: "
+                           "use --backend native (edgekit-run)")

@@ -66,9 +66,11 @@ def summary(xs: list[float]) -> dict[str, float]:
             "median": statistics.median(xs)}
 
 
-def backends_for(model: Path, wanted: list[str] | None) -> list[str]:
+def backends_for(model: Path, wanted: list[str] | None, python: bool = True) -> list[str]:
+    """The backends that run `model`: those asked for, else the format's default (native for a .gguf on a
+    device without edgekit's Python)."""
     if wanted is None:
-        return ["executorch" if model.suffix == ".pte" else "llamacpp"]
+        return ["executorch" if model.suffix == ".pte" else "llamacpp" if python else "native"]
     return [b for b in wanted if BACKENDS[b] == model.suffix]
 
 
@@ -103,11 +105,11 @@ class Profiler:
                 raise EdgekitError(f"{m}: no such model file")
             if m.suffix not in (".gguf", ".pte"):
                 raise EdgekitError(f"{m}: not a .gguf or .pte model")
-            if not backends_for(m, cfg.backends):
+            if not backends_for(m, cfg.backends, self.t.has_python):
                 raise EdgekitError(f"{m}: none of --backend {','.join(cfg.backends or [])} runs a {m.suffix} file")
         self.say(f"probing {self.t.name}")
         info = self.t.probe()
-        wanted = {b for m in models for b in backends_for(m, cfg.backends)}
+        wanted = {b for m in models for b in backends_for(m, cfg.backends, self.t.has_python)}
         if wanted - {"native"}:
             self.worker([])  # no edgekit Python there: say so before anything is measured or copied
         for m in models:  # nor is a model copied that cannot fit
@@ -141,7 +143,7 @@ class Profiler:
                     t1 = time.time()
                 report.data["energy"]["idle_watts"] = s.timeline.mean_watts(t0, t1)
             for i, m in enumerate(models):
-                for backend in backends_for(m, cfg.backends):
+                for backend in backends_for(m, cfg.backends, self.t.has_python):
                     if i and cfg.settle_s:
                         time.sleep(cfg.settle_s)
                     run = self.run_model(m, backend, source)
@@ -166,7 +168,6 @@ class Profiler:
         self.say(f"{model.name}: copying to {self.t.name}" if self.t.name != "local" else f"{model.name}: loading")
         side = [model.with_name(n) for n in ("tokenizer.json", "tokenizer_config.json", f"{model.stem}.manifest.json")]
         remote = self.t.push(model, [f for f in side if model.suffix == ".pte" and f.is_file()])
-        args = self.worker([remote, *self.cfg.worker_args(), "--backend", backend])
         sampler = Sampler(self.t, source, self.cfg.rate_hz)
         events: list[dict[str, Any]] = []
         interrupted = False
@@ -178,6 +179,7 @@ class Profiler:
                     bench_events(self.runner, remote, model_facts(model), self.cfg,
                                  lambda ev: self._event(ev, events, model.name))
                 else:
+                    args = self.worker([remote, *self.cfg.worker_args(), "--backend", backend])
                     rc, err = self._follow(args, events, model.name)
             except KeyboardInterrupt:  # keep what the worker finished; run() stops after this model
                 interrupted, rc, err = True, 130, ""

@@ -87,6 +87,7 @@ class Transport:
     name = "local"
     os = "linux"
     timeout = 30.0  # seconds for a short command (probe, read); a measurement has no limit
+    has_python = True  # whether edgekit's Python worker can run there (not on a phone)
 
     def argv(self, cmd: list[str]) -> list[str]:
         """The local argv that runs cmd on the device."""
