@@ -62,7 +62,8 @@ class Report:
                  f"- device: {dev.get('cpu') or '?'}, {dev.get('cores')} cores, {dev.get('arch')}, "
                  f"{human_bytes(dev.get('ram_total') or 0)} RAM ({human_bytes(dev.get('ram_free') or 0)} free), "
                  f"{dev.get('os_version') or dev.get('os')}",
-                 f"- memory read bandwidth (one core): {bw / 1e9:.1f} GB/s" if bw else "- memory read bandwidth: –",
+                 f"- memory read bandwidth: {bw / 1e9:.1f} GB/s ({d.get('bandwidth_from') or 'numpy, one core'})"
+                 if bw else "- memory read bandwidth: –",
                  (f"- energy: {en['source']}" + (f" ({en['note']})" if en.get("note") else "")
                   + (f", idle {en['idle_watts']:.2f} W subtracted" if en.get("idle_watts") is not None else ""))
                  if en.get("source") else f"- energy: {en.get('unavailable')}",
@@ -87,6 +88,8 @@ class Report:
             name = Path(run["model"]).name
             if run.get("throttling"):
                 notes.append(f"- {name} ({run['backend']}): throttling: {'; '.join(run['throttling'])}")
+            for note in run.get("notes", []):
+                notes.append(f"- {name} ({run['backend']}): {note}")
             if run.get("incomplete"):
                 notes.append(f"- {name} ({run['backend']}): incomplete: {run['incomplete_reason']}")
             over = [t for t in run["tests"] if (t.get("roofline") or {}).get("fraction", 0) > 1]

@@ -110,6 +110,18 @@ def test_native_backend_profile(f32_ggufs):
     assert all(t["tokens_per_s"]["mean"] > 0 and len(t["samples_s"]) == 2 for t in run["tests"])
     assert run["peak_rss"] > 2**20 and run["peak_rss_from"].startswith("edgekit-run's own getrusage")
     assert report.data["bandwidth_from"].startswith("edgekit-run --bandwidth")
+    # The runner's own peak RSS is the kernel's accounting of that process (GNU time of the same pp16 run),
+    # not its parent's: pytest's high-water mark, with torch, is far larger and must not leak into it.
+    if not Path("/usr/bin/time").exists():
+        pytest.skip("/usr/bin/time is not installed")
+    from edgekit.devices.runner import local_runner
+    from edgekit.progress import peak_rss_bytes
+
+    p = subprocess.run(["/usr/bin/time", "-v", str(local_runner()), "-m", str(f32_ggufs["llama"]), "--bench",
+                        "-p", "16", "-n", "1", "--json"], capture_output=True, text=True, check=True)
+    kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    assert abs(run["peak_rss"] / (kib * 1024) - 1) < 0.10, (run["peak_rss"], kib * 1024)
+    assert run["peak_rss"] < 0.2 * peak_rss_bytes()
 
 
 def test_worker_reports_an_error_as_one_event(tmp_path):

@@ -4,6 +4,7 @@ models on one of them (edgekit.devices)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -64,6 +65,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--identity", type=Path, metavar="KEY", help="ssh: private key file")
     p.add_argument("--known-hosts", type=Path, metavar="FILE",
                    help="ssh: known_hosts file (default ~/.cache/edgekit/known_hosts)")
+    p.add_argument("--runner-wrap", metavar="CMD", default="",
+                   help="native: run edgekit-run under this command there, e.g. 'taskset -c 4-7' (big cores)")
     p.add_argument("--json", action="store_true", help="print the report's JSON instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_profile)
@@ -116,7 +119,7 @@ def _profile(args: argparse.Namespace) -> int:
     t = open_device(args.device, **opts)
     cfg = ProfileConfig(prompts=args.p, gens=args.n, pairs=args.pg, depths=args.d, repeats=args.r,
                         warmup=args.warmup, threads=args.threads, backends=backends, rate_hz=args.rate,
-                        idle_s=args.idle, meter=args.meter)
+                        idle_s=args.idle, meter=args.meter, runner_wrap=shlex.split(args.runner_wrap))
     tty = sys.stderr.isatty() and not args.quiet
     width = shutil.get_terminal_size().columns
 
