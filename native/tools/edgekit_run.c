@@ -2,7 +2,8 @@
  *
  *   edgekit-run -m model.gguf -p PROMPT [-n N] [--seed S] [--temp T] [-t THREADS]   generated text to stdout
  *   edgekit-run -m model.gguf --chat                  interactive: one user message per stdin line
- *   edgekit-run -m model.gguf --bench [-p 128] [-n 64] [--json]   load, TTFT, prefill/decode speed, peak RSS
+ *   edgekit-run -m model.gguf --bench [-p 128] [-n 64] [--depth D] [--json]   load, TTFT, prefill/decode speed,
+ *                                                     peak RSS (--depth: D tokens in the KV cache first, untimed)
  *   edgekit-run --bandwidth [--mb 1024] [-t THREADS]  memory read bandwidth (GB/s)
  */
 #include <pthread.h>
@@ -25,7 +26,7 @@ static double now_ms(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: edgekit-run -m MODEL.gguf (-p PROMPT | --chat | --bench) [-n N] [--seed S] [--temp T] [-t THREADS]\n"
-            "                   [--ctx N] [--kv-f32] [--json]\n"
+            "                   [--ctx N] [--kv-f32] [--depth D] [--json]\n"
             "       edgekit-run --bandwidth [--mb MIB] [-t THREADS]\n");
     exit(1);
 }
@@ -119,7 +120,7 @@ static int argmax(const float *x, int32_t n) {
     return b;
 }
 
-static int bench(const char *path, int n_prompt, int n_gen, int threads, int n_ctx, int json) {
+static int bench(const char *path, int depth, int n_prompt, int n_gen, int threads, int n_ctx, int json) {
     double t0 = now_ms();
     ek_model *m = NULL;
     ek_status st = ek_model_load(path, NULL, &m);
@@ -127,30 +128,31 @@ static int bench(const char *path, int n_prompt, int n_gen, int threads, int n_c
     double load_ms = now_ms() - t0;
     ek_model_info info;
     ek_model_get_info(m, &info);
-    if (n_ctx <= 0) n_ctx = n_prompt + n_gen + 8;
+    if (n_ctx <= 0) n_ctx = depth + n_prompt + n_gen + 8;
     ek_session *s = NULL;
     st = ek_session_new(m, &(ek_session_params){.n_ctx = n_ctx, .n_threads = threads}, &s);
     if (st != EK_OK) die("session", st);
-    int32_t *toks = malloc((size_t)n_prompt * sizeof *toks);
-    for (int i = 0; i < n_prompt; i++) toks[i] = (int32_t)((i * 7919u + 13u) % (uint32_t)info.n_vocab);
-    if (info.bos >= 0 && n_prompt > 0) toks[0] = info.bos;
+    int32_t *toks = malloc((size_t)(depth + n_prompt) * sizeof *toks);
+    for (int i = 0; i < depth + n_prompt; i++) toks[i] = (int32_t)((i * 7919u + 13u) % (uint32_t)info.n_vocab);
+    if (info.bos >= 0 && depth + n_prompt > 0) toks[0] = info.bos;
+    if (depth > 0 && (st = ek_decode(s, toks, depth, 0, 0)) != EK_OK) die("depth", st);
     t0 = now_ms();
-    if ((st = ek_decode(s, toks, n_prompt, 0, 0)) != EK_OK) die("prefill", st);
+    if ((st = ek_decode(s, toks + depth, n_prompt, depth, 0)) != EK_OK) die("prefill", st);
     double prefill_ms = now_ms() - t0;
     int32_t t = argmax(ek_logits(s, -1), info.n_vocab);
     double ttft_ms = now_ms() - t0;
     t0 = now_ms();
     for (int i = 0; i < n_gen; i++) {
-        if ((st = ek_decode(s, &t, 1, n_prompt + i, 0)) != EK_OK) die("decode", st);
+        if ((st = ek_decode(s, &t, 1, depth + n_prompt + i, 0)) != EK_OK) die("decode", st);
         t = argmax(ek_logits(s, -1), info.n_vocab);
     }
     double decode_ms = now_ms() - t0;
     double pf = n_prompt / (prefill_ms / 1e3), dc = n_gen / (decode_ms / 1e3);
     int64_t rss = peak_rss();
     if (json)
-        printf("{\"model\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %d, \"load_ms\": %.1f, "
+        printf("{\"model\": \"%s\", \"depth\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %d, \"load_ms\": %.1f, "
                "\"ttft_ms\": %.1f, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f, \"peak_rss_bytes\": %lld}\n",
-               path, n_prompt, n_gen, threads, load_ms, ttft_ms, pf, dc, (long long)rss);
+               path, depth, n_prompt, n_gen, threads, load_ms, ttft_ms, pf, dc, (long long)rss);
     else
         printf("load %.1f ms, TTFT %.1f ms, prefill %.1f tok/s (%d), decode %.1f tok/s (%d), peak RSS %.1f MiB\n",
                load_ms, ttft_ms, pf, n_prompt, dc, n_gen, rss / 1048576.0);
@@ -209,7 +211,8 @@ static int chat(ek_session *s, const ek_sampling *sp) {
 
 int main(int argc, char **argv) {
     const char *model = NULL, *prompt = NULL;
-    int n = -1, threads = 0, n_ctx = 0, do_chat = 0, do_bench = 0, do_bw = 0, json = 0, have_seed = 0, kv_f32 = 0;
+    int n = -1, threads = 0, n_ctx = 0, depth = 0, do_chat = 0, do_bench = 0, do_bw = 0, json = 0, have_seed = 0,
+        kv_f32 = 0;
     size_t mib = 1024;
     ek_sampling sp = ek_sampling_default();
     for (int i = 1; i < argc; i++) {
@@ -220,6 +223,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-n") && more) n = atoi(argv[++i]);
         else if (!strcmp(a, "-t") && more) threads = atoi(argv[++i]);
         else if (!strcmp(a, "--ctx") && more) n_ctx = atoi(argv[++i]);
+        else if (!strcmp(a, "--depth") && more) depth = atoi(argv[++i]);
         else if (!strcmp(a, "--seed") && more) sp.seed = strtoull(argv[++i], NULL, 10), have_seed = 1;
         else if (!strcmp(a, "--temp") && more) sp.temperature = (float)atof(argv[++i]);
         else if (!strcmp(a, "--mb") && more) mib = (size_t)atol(argv[++i]);
@@ -232,7 +236,8 @@ int main(int argc, char **argv) {
     }
     if (do_bw) return bandwidth(mib, threads, json);
     if (!model || (!prompt && !do_chat && !do_bench)) usage();
-    if (do_bench) return bench(model, prompt ? atoi(prompt) : 128, n >= 0 ? n : 64, threads, n_ctx, json);
+    if (do_bench) return bench(model, depth > 0 ? depth : 0, prompt ? atoi(prompt) : 128, n >= 0 ? n : 64, threads,
+                               n_ctx, json);
     if (!have_seed) sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     if (n > 0) sp.max_tokens = n;
     ek_model *m = NULL;
