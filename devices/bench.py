@@ -242,8 +242,6 @@ class Profiler:
                 run.update(peak_rss=ev.get("peak_rss"), steady_rss=ev.get("rss"),
                            peak_rss_from="VmHWM of the worker" if "load_s_all" not in ev else
                            "edgekit-run's own getrusage (ru_maxrss), the largest over its runs")
-            elif ev["event"] == "note":
-                run.setdefault("notes", []).append(ev["message"])
             elif ev["event"] == "test":
                 run["tests"].append(self._test(ev, tl, run.get("model_facts", {})))
                 run["steady_rss"] = ev.get("rss")

@@ -88,8 +88,6 @@ class Report:
             name = Path(run["model"]).name
             if run.get("throttling"):
                 notes.append(f"- {name} ({run['backend']}): throttling: {'; '.join(run['throttling'])}")
-            for note in run.get("notes", []):
-                notes.append(f"- {name} ({run['backend']}): {note}")
             if run.get("incomplete"):
                 notes.append(f"- {name} ({run['backend']}): incomplete: {run['incomplete_reason']}")
             over = [t for t in run["tests"] if (t.get("roofline") or {}).get("fraction", 0) > 1]

@@ -3,11 +3,9 @@
 Locally the runner the build installs beside libedgekit runs in place. For another device the runner is
 built from this checkout's native/ sources with the cross toolchain for the device's `uname -m` (static, so
 it needs nothing there), cached in ~/.cache/edgekit/runners/<sha256 of the sources>/, pushed like a model
-(only when its sha256 differs) and run as `edgekit-run --bench -p P -n N --json`, once per repeat. Its JSON
+(only when its sha256 differs) and run as `edgekit-run --bench --depth D -p P -n N --json`, once per repeat: its JSON
 (load, TTFT, prefill and decode tokens/s, its own peak RSS from getrusage) becomes the worker's events, so
-reports keep one schema; `edgekit-run --bandwidth --json` gives the roofline's bandwidth.
-
-The runner has no depth option: with the native backend only depth 0 is measured (the run says so)."""
+reports keep one schema; `edgekit-run --bandwidth --json` gives the roofline's bandwidth."""
 
 from __future__ import annotations
 
@@ -126,11 +124,11 @@ class Runner:
                 return r["bandwidth_gb_s"] * 1e9, f"edgekit-run --bandwidth ({r['threads']} threads, {r['mib']} MiB)"
         raise EdgekitError(f"{self.t.name}: edgekit-run --bandwidth failed (exit {rc})")
 
-    def bench_once(self, model: str, n_prompt: int, n_gen: int, threads: int | None,
+    def bench_once(self, model: str, depth: int, n_prompt: int, n_gen: int, threads: int | None,
                    procs: list[subprocess.Popen]) -> tuple[dict[str, Any], float]:
         """One `--bench` run: (its JSON, local wall time when it ended)."""
-        cmd = [*self.argv, "-m", model, "--bench", "-p", str(n_prompt), "-n", str(n_gen), "--json",
-               *(["-t", str(threads)] if threads else [])]
+        cmd = [*self.argv, "-m", model, "--bench", "--depth", str(depth), "-p", str(n_prompt), "-n", str(n_gen),
+               "--json", *(["-t", str(threads)] if threads else [])]
         # Started by a forking shell, not exec'd in place: getrusage's peak RSS survives exec, so a runner
         # exec'd straight from this Python (or from sshd) would report their high-water mark if larger.
         p = self.t.popen(["sh", "-c", quote(cmd) + "; exit $?"])
@@ -157,24 +155,22 @@ def bench_events(r: Runner, model: str, facts: dict[str, Any], cfg: Any,
     tests = [(f"pp{p}", p, 0) for p in cfg.prompts if p] + [(f"tg{n}", 0, n) for n in cfg.gens if n] + \
         [(f"pp{p}+tg{n}", p, n) for p, n in cfg.pairs]
     procs: list[subprocess.Popen] = []
+    n_ctx = max(cfg.depths) + max(max(p, 1) + max(n, 1) for _, p, n in tests) + 8 if tests else 0  # the largest run's
     try:
         for depth in cfg.depths:
-            if depth:
-                emit({"event": "note", "message": f"depth {depth} not measured: edgekit-run --bench has no depth"})
-                continue
             for name, n_prompt, n_gen in tests:
-                args = (max(n_prompt, 1), max(n_gen, 1))
+                args = (depth, max(n_prompt, 1), max(n_gen, 1))
                 for _ in range(cfg.warmup):
                     r.bench_once(model, *args, cfg.threads, procs)
                 samples, ttfts, spans = [], [], []
                 for _ in range(cfg.repeats):
                     j, end = r.bench_once(model, *args, cfg.threads, procs)
                     if not loads:
-                        emit({"event": "loaded", "load_s": j["load_ms"] / 1e3, "n_ctx": args[0] + args[1] + 8,
+                        emit({"event": "loaded", "load_s": j["load_ms"] / 1e3, "n_ctx": n_ctx,
                               "backend": r.kind, "threads": j.get("threads") or None, "model": facts})
                     loads.append(j["load_ms"] / 1e3)
                     peaks.append(j["peak_rss_bytes"])
-                    t_dec, t_pre = args[1] / j["decode_tok_s"], j["ttft_ms"] / 1e3
+                    t_dec, t_pre = args[2] / j["decode_tok_s"], j["ttft_ms"] / 1e3
                     dec, pre = (t_dec if n_gen else 0.0), (t_pre if n_prompt else 0.0)
                     samples.append(pre + dec)
                     ttfts.append(pre)

@@ -88,11 +88,12 @@ def test_native_runner_on_the_stand_in_phone_with_battery_energy(phone, f32_gguf
     machine's own runner, as an x86_64 phone, when the cross tools or qemu are absent). `battery-load` (a
     fixture program on the phone) raises the fixture battery's discharge current from 0.612 A to 1.5 A while the
     runner runs: the idle baseline reads 0.612 A × 3.921 V and the energy per token is the 0.888 A × 3.921 V
-    the run added, integrated over each test's spans from the sysfs samples."""
+    the run added, integrated over each test's spans from the sysfs samples (a span ends when the runner's
+    output arrives, a transport's latency late: tests of a few ms would be mis-timed, these take ~0.1 s)."""
     cross = all(shutil.which(t) for t in ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-strip", "qemu-aarch64"))
     monkeypatch.setenv("FAKE_ADB_ARCH", "aarch64" if cross else os.uname().machine)
     monkeypatch.setenv("FAKE_ADB_LOAD_UA", "1500000")
-    cfg = ProfileConfig(prompts=[8], gens=[24], depths=[0], repeats=2, warmup=0, threads=1, idle_s=0.5,
+    cfg = ProfileConfig(prompts=[48], gens=[32], depths=[0], repeats=2, warmup=0, threads=1, idle_s=0.5,
                         rate_hz=50, runner_wrap=["battery-load", *(["qemu-aarch64"] if cross else [])])
     report = Profiler(phone, cfg).run([f32_ggufs["llama"]])  # a .gguf on a phone: --backend native
     d = report.data
@@ -109,5 +110,5 @@ def test_native_runner_on_the_stand_in_phone_with_battery_energy(phone, f32_gguf
         e = t["energy"]
         n_tok = (t["n_prompt"] + t["n_gen"]) * len(t["samples_s"])
         want = 0.888 * 3.921 * e["seconds"] / n_tok
-        assert e["joules_per_token"] == pytest.approx(want, rel=0.25), (t["name"], e["joules_per_token"] / want)
+        assert e["joules_per_token"] == pytest.approx(want, rel=0.15), (t["name"], e["joules_per_token"] / want)
         assert e["tokens_per_joule"] == pytest.approx(1 / e["joules_per_token"])

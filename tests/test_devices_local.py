@@ -105,9 +105,9 @@ def test_native_backend_profile(f32_ggufs):
         .run([f32_ggufs["llama"]])
     [run] = report.data["runs"]
     assert run["backend"] == "native" and run["backend_name"] == "edgekit-run (this build)" and not run["incomplete"]
-    assert [t["name"] for t in run["tests"]] == ["pp16", "tg8"]  # the runner has no depth option: d16 is noted
-    assert run["notes"] == ["depth 16 not measured: edgekit-run --bench has no depth"]
+    assert [(t["name"], t["depth"]) for t in run["tests"]] == [("pp16", 0), ("tg8", 0), ("pp16", 16), ("tg8", 16)]
     assert all(t["tokens_per_s"]["mean"] > 0 and len(t["samples_s"]) == 2 for t in run["tests"])
+    assert run["tests"][3]["roofline"]["bytes_per_token"] > run["tests"][1]["roofline"]["bytes_per_token"]
     assert run["peak_rss"] > 2**20 and run["peak_rss_from"].startswith("edgekit-run's own getrusage")
     assert report.data["bandwidth_from"].startswith("edgekit-run --bandwidth")
     # The runner's own peak RSS is the kernel's accounting of that process (GNU time of the same pp16 run),

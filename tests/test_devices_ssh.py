@@ -224,7 +224,7 @@ def test_native_runner_over_ssh_on_aarch64_under_qemu(sshd_aarch64, f32_ggufs):
     wrap it could not run at all); its JSON fills the same report: load, TTFT, tokens/s, its peak RSS, and its
     --bandwidth for the roofline."""
     t = connect(sshd_aarch64)
-    cfg = ProfileConfig(prompts=[8], gens=[4], depths=[0], repeats=2, warmup=0, threads=1, idle_s=0.1,
+    cfg = ProfileConfig(prompts=[8], gens=[4], depths=[0, 8], repeats=2, warmup=0, threads=1, idle_s=0.1,
                         backends=["native"], runner_wrap=["qemu-aarch64"])
     try:
         assert t.probe().arch == "aarch64"
@@ -241,7 +241,7 @@ def test_native_runner_over_ssh_on_aarch64_under_qemu(sshd_aarch64, f32_ggufs):
     assert not d["incomplete"] and d["device"]["arch"] == "aarch64"
     [run] = d["runs"]
     assert run["backend_name"] == "edgekit-run (aarch64, static)"
-    assert [x["name"] for x in run["tests"]] == ["pp8", "tg4"]
+    assert [(x["name"], x["depth"]) for x in run["tests"]] == [("pp8", 0), ("tg4", 0), ("pp8", 8), ("tg4", 8)]
     for x in run["tests"]:
         assert len(x["samples_s"]) == 2 and x["tokens_per_s"]["mean"] > 0
     assert run["tests"][0]["ttft_s"]["mean"] > 0 and run["load_s"] > 0
