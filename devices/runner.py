@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,20 +81,23 @@ def build_runner(arch: str, cache: Path | None = None) -> Path:
     missing = [t for t in (f"{prefix}gcc", f"{prefix}strip") if not shutil.which(t)] + ([] if cmake_exe else ["cmake"])
     if missing:
         raise EdgekitError(f"no runner for {name} (building it needs {', '.join(missing)})")
-    build = out.parent / f"build-{name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=out.parent))  # its own: builds may run at once
     cfg = [cmake_exe, "-S", str(root), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DEDGEKIT_SHARED=OFF",
            "-DEDGEKIT_STATIC_RUN=ON"]
     if toolchain:
         cfg.append(f"-DCMAKE_TOOLCHAIN_FILE={root / 'native' / 'cmake' / toolchain}.cmake")
-    for cmd in (cfg, [cmake_exe, "--build", str(build), "-j2", "--target", "edgekit-run"]):
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            why = ((r.stderr or r.stdout).strip().splitlines() or [f"exit {r.returncode}"])[-1]
-            raise EdgekitError(f"no runner for {name} (the build failed: {why})")
-    tmp = out.with_name(out.name + ".tmp")
-    subprocess.run([f"{prefix}strip", "-o", str(tmp), str(build / "native" / "edgekit-run")], check=True)
-    os.replace(tmp, out)
-    shutil.rmtree(build, ignore_errors=True)
+    try:
+        for cmd in (cfg, [cmake_exe, "--build", str(build), "-j2", "--target", "edgekit-run"]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                why = ((r.stderr or r.stdout).strip().splitlines() or [f"exit {r.returncode}"])[-1]
+                raise EdgekitError(f"no runner for {name} (the build failed: {why})")
+        tmp = build / out.name
+        subprocess.run([f"{prefix}strip", "-o", str(tmp), str(build / "native" / "edgekit-run")], check=True)
+        os.replace(tmp, out)  # complete or absent
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
     return out
 
 
