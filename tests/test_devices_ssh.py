@@ -249,3 +249,24 @@ def test_native_runner_over_ssh_on_aarch64_under_qemu(sshd_aarch64, f32_ggufs):
     assert d["bandwidth_from"].startswith("edgekit-run --bandwidth") and d["bandwidth_bytes_per_s"] > 1e7
     assert run["tests"][1]["roofline"]["fraction"] > 0
     assert not list(remote.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_native_runner_link_drops_mid_run(sshd_aarch64, f32_ggufs, tmp_path):
+    """The link drops during the third runner process (the wrap exits as ssh does when the connection is lost):
+    the test finished before it is kept and the run is marked incomplete, with ssh's message."""
+    count = tmp_path / "runs"
+    drop = tmp_path / "drop-third"
+    drop.write_text(f'#!/bin/sh\necho x >> {count}\nif [ "$(wc -l < {count})" -ge 3 ]; then\n'
+                    '  echo "Connection to 127.0.0.1 closed by remote host." >&2; exit 255\nfi\nexec "$@"\n')
+    drop.chmod(0o755)
+    t = connect(sshd_aarch64)
+    cfg = ProfileConfig(prompts=[8], gens=[4], depths=[0], repeats=1, warmup=0, threads=1, idle_s=0.1,
+                        backends=["native"], runner_wrap=[str(drop), "qemu-aarch64"])
+    try:
+        report = Profiler(t, cfg).run([f32_ggufs["llama"]])  # runs: --bandwidth, pp8, then tg4 drops
+    finally:
+        t.close()
+    d = report.data
+    assert d["incomplete"] and "closed by remote host" in d["incomplete_reason"]
+    assert [x["name"] for x in d["runs"][0]["tests"]] == ["pp8"]
