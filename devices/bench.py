@@ -1,10 +1,11 @@
-"""The profiler: on one device, for each model, start the worker (devices/worker.py) as its own process,
-sample energy, temperature and frequency while it runs, and turn its events into a `Report`:
+"""The profiler: on one device, for each model, start the worker (devices/worker.py; for --backend native
+edgekit's C runner, devices/runner.py) as its own process, sample energy, temperature and frequency while it
+runs, and turn its events into a `Report`:
 
 - speed in llama-bench's terms (ppP, tgN, ppP+tgN at depth D; tokens/s per repeat -> mean ± sd, median),
   load time and time to first token;
 - memory of the worker process: peak RSS from the kernel's accounting of the worker's own memory (VmHWM,
-  read by the worker as it ends) and the steady RSS (VmRSS) after the tests;
+  read by the worker as it ends) and the steady RSS (VmRSS) after the tests; the runner's own getrusage peak;
 - energy where a source exists: mean power, joules per token for prefill and decode apart and tokens per
   joule, with the idle power measured before the run subtracted;
 - the roofline: measured read bandwidth ÷ bytes read per generated token (weights + KV cache at the depth)

@@ -1,6 +1,6 @@
 """The process that does the work: loads one model, runs llama-bench-style tests and prints one JSON object
-per line on stdout. The profiler starts it as a child (locally, over ssh, later over adb), so the memory it
-reports is this process's, not the profiler's.
+per line on stdout. The profiler starts it as a child (locally or over ssh) for the llamacpp and executorch
+backends, so the memory it reports is this process's, not the profiler's (--backend native: devices/runner.py).
 
     python -m edgekit.devices.worker MODEL [-p 512] [-n 128] [--pg 512,128] [-d 0,512] [-r 5] [--threads N]
                                      [--backend llamacpp|native|executorch]
