@@ -577,15 +577,16 @@ def test_edgekit_run_greedy_text_equals_llama_cpp(f32_ggufs, arch: str) -> None:
     assert run_native(*args, "--temp", 0.75, "--seed", 3) == seeded
 
 
-def test_edgekit_run_chat_equals_python_chat(f32_ggufs) -> None:
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "phi3"])
+def test_edgekit_run_chat_equals_python_chat(f32_ggufs, arch: str) -> None:
     """--chat: each stdin line a user turn of one conversation (the template, the cache reuse, the stop tokens)."""
     pytest.importorskip("llama_cpp")
     from edgekit.runtime.backends.llamacpp import LlamaCppModel
 
     lines = ["Hello there", "And 2+2?"]
-    got = run_native("-m", f32_ggufs["qwen2"], "--chat", "-n", 16, "--temp", 0, "-t", 2, "--ctx", 256, "--kv-f32",
+    got = run_native("-m", f32_ggufs[arch], "--chat", "-n", 16, "--temp", 0, "-t", 2, "--ctx", 256, "--kv-f32",
                      input="\n".join(lines) + "\n").split("\n")
-    with LlamaCppModel(f32_ggufs["qwen2"], n_ctx=256, kv_f32=True, flash_attn=False, threads=2) as llm:
+    with LlamaCppModel(f32_ggufs[arch], n_ctx=256, kv_f32=True, flash_attn=False, threads=2) as llm:
         messages: list[dict] = []
         for i, line in enumerate(lines):
             messages.append({"role": "user", "content": line})

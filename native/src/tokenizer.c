@@ -339,6 +339,7 @@ int32_t ek_vocab_bos(const ek_vocab *v) { return v->bos; }
 int32_t ek_vocab_eos(const ek_vocab *v) { return v->eos; }
 int32_t ek_vocab_eot(const ek_vocab *v) { return v->eot; }
 int ek_vocab_add_bos(const ek_vocab *v) { return v->add_bos; }
+int ek_vocab_add_space_prefix(const ek_vocab *v) { return v->add_space_prefix; }
 int ek_vocab_is_eog(const ek_vocab *v, int32_t t) { return t >= 0 && t < v->n && v->eog[t]; }
 const char *ek_vocab_chat_template(const ek_vocab *v) { return v->chat_template; }
 
