@@ -62,10 +62,11 @@ QUANTS = ["f16", "bf16", "q8_0", "q6_k", "q4_k_m", "q5_0", "q5_1"]
 def quant_models(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama with hidden 256 (K-quant rows) in every tensor type: edgekit's converter writes the
     F16/BF16/Q8_0/Q6_K/Q4_K_M files, llama.cpp's own quantizer the Q5_0/Q5_1 ones."""
-    import llama_cpp
-
     from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
+    from edgekit.runtime.backends.llamacpp import llama_cpp
     from edgekit.testing.models import build_tiny_model
+
+    ll = llama_cpp()
 
     root = tmp_path_factory.mktemp("native_quant")
     hf = build_tiny_model(root / "hf", "llama", hidden=256, ffn=512, heads=4, kv_heads=2)
@@ -74,9 +75,9 @@ def quant_models(tmp_path_factory) -> dict[str, Path]:
     for q in QUANTS:
         out[q] = root / f"{q}.gguf"
         if q in ("q5_0", "q5_1"):
-            p = llama_cpp.llama_model_quantize_default_params()
+            p = ll.llama_model_quantize_default_params()
             p.ftype = {"q5_0": 8, "q5_1": 9}[q]  # LLAMA_FTYPE_MOSTLY_Q5_0 / _Q5_1
-            assert llama_cpp.llama_model_quantize(str(out["f32"]).encode(), str(out[q]).encode(), p) == 0
+            assert ll.llama_model_quantize(str(out["f32"]).encode(), str(out[q]).encode(), p) == 0
         else:
             write_gguf(hf, out[q], GGUFConfig(quant=q), progress=False)
     return out

@@ -194,14 +194,16 @@ void ek_session_free(ek_session *session);
  * logits_all. EK_CONTEXT_FULL if pos + n > n_ctx, EK_ABORTED if aborted between batches (the cache
  * then holds the batches that finished: ek_session_n_past says how many). */
 ek_status ek_decode(ek_session *session, const int32_t *tokens, int32_t n, int32_t pos, int logits_all);
+/* (n = 0 only forgets the positions at and after pos.) */
 /* Logits (n_vocab floats) of row i of the last ek_decode: 0..n-1 with logits_all, else only i = -1 (the
  * last token). NULL if there is no such row. Valid until the next call on the session. */
 const float *ek_logits(const ek_session *session, int32_t i);
 /* Positions in the KV cache. */
 int32_t ek_session_n_past(const ek_session *session);
 
-/* Ask a running call on the session (decode, generate, chat) to stop at the next token or batch; callable
- * from any thread. The call returns EK_ABORTED and the flag clears. */
+/* Ask a running call on the session (decode, generate, chat) to stop at the next token, layer or batch;
+ * callable from any thread. The call returns EK_ABORTED and the flag clears; a flag set while no call runs
+ * stops the next call before its first batch. */
 void ek_abort(ek_session *session);
 
 /* ---- text ---- */
