@@ -271,6 +271,8 @@ ek_status ek_vocab_new(const ek_vocab_params *p, ek_vocab **out) {
             v->type[id] = EK_TOKEN_CONTROL;
         }
     }
+    int32_t eos_s = ek_vocab_find(v, "</s>", 4); /* llama.cpp 0.3.36 ends generation at </s> too (Phi-3, measured) */
+    if (eos_s >= 0 && v->type[eos_s] == EK_TOKEN_CONTROL) v->eog[eos_s] = 1;
     if (v->eos >= 0) v->eog[v->eos] = 1;
     if (v->eot >= 0) v->eog[v->eot] = 1;
 
