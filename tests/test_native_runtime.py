@@ -31,7 +31,7 @@ def llama_logits(path: Path, tokens: list[int]) -> np.ndarray:
 
 
 def native_logits(path: Path, tokens: list[int], **session) -> np.ndarray:
-    with rt.Model(path) as m, m.session(n_ctx=64, kv_f32=True, threads=2, **session) as s:
+    with rt.Model(path) as m, m.session(**{"n_ctx": 64, "kv_f32": True, "threads": 2, **session}) as s:
         return s.decode(tokens, 0, logits_all=True)
 
 
@@ -385,3 +385,35 @@ def test_fuzz_loader_under_sanitizers(f32_models, quant_models, tmp_path) -> Non
         run.stderr[-3000:]
     tried, refused, loaded = (int(v) for v in run.stdout.split()[1:6:2])
     assert tried > 1000 and refused > 0 and loaded > 0
+
+
+def test_abort_from_another_thread(quant_models) -> None:
+    """ek_abort from another thread stops a long decode between batches; the cache keeps what finished and
+    the session goes on from there as if nothing happened."""
+    import threading
+    import time
+
+    path = quant_models["q8_0"]
+    tokens = [int(t) for t in np.random.default_rng(1).integers(0, 500, 400)]
+    with rt.Model(path) as m, m.session(n_ctx=512, kv_f32=True, threads=1, n_batch=1) as s:
+        result: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                s.decode(tokens, 0)
+                result["done"] = True
+            except rt.Aborted as e:
+                result["aborted"] = e
+
+        th = threading.Thread(target=run)
+        th.start()
+        time.sleep(0.05)
+        s.abort()
+        th.join(timeout=60)
+        assert "aborted" in result and "aborted" in str(result["aborted"]), result
+        kept = s.n_past
+        assert 0 < kept < len(tokens)
+        went_on = s.decode(tokens[kept:kept + 3], kept)
+        with m.session(n_ctx=512, kv_f32=True, threads=1, n_batch=1) as fresh:  # the same path, not aborted
+            fresh.decode(tokens[:kept], 0)
+            np.testing.assert_array_equal(went_on, fresh.decode(tokens[kept:kept + 3], kept))
