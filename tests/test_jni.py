@@ -1,0 +1,109 @@
+"""The Java binding (native/jni, native/java: dev.edgekit) on the host JVM: the JNI glue compiled against the
+libedgekit Python uses, the classes with javac, then native/java/test/EdgekitJniTest.java run on a tiny GGUF.
+Its texts must equal what edgekit's Python runtime gives on the same file (backend="native", and llama.cpp for
+greedy text); it checks streaming, a 4-byte emoji, abort from another thread, errors, two sessions and close
+itself. Skipped (with the reason) where no JDK or C compiler is found."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import edgekit
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "Once upon a time, çà 日本"
+EMOJI = "\U0001f600"  # 😀: four UTF-8 bytes, a surrogate pair in Java
+CHAT = "Hello! How are you?"
+
+
+def find_jdk() -> Path | None:
+    """JAVA_HOME, or the JDK that the javac on PATH belongs to; it must have include/jni.h and java."""
+    javac = shutil.which("javac")
+    for home in (os.environ.get("JAVA_HOME"), javac and Path(javac).resolve().parents[1]):
+        if home and (Path(home) / "include" / "jni.h").is_file() and (Path(home) / "bin" / "java").is_file():
+            return Path(home)
+    return None
+
+
+def build_jni(out: Path) -> Path:
+    """libedgekit_jni.so from native/jni against the libedgekit edgekit.native loads (its path as rpath)."""
+    from edgekit.native import lib
+
+    jdk, cc = find_jdk(), shutil.which("cc") or shutil.which("gcc")
+    if jdk is None or cc is None:
+        pytest.skip("no JDK with include/jni.h (set JAVA_HOME or put javac on PATH)" if jdk is None
+                    else "no C compiler (cc) to build the JNI glue")
+    libdir = Path(lib()._name).resolve().parent
+    so = out / "libedgekit_jni.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror",
+                    f"-I{REPO / 'native/include'}", f"-I{jdk / 'include'}", f"-I{jdk / 'include/linux'}",
+                    str(REPO / "native/jni/edgekit_jni.c"), f"-L{libdir}", "-ledgekit", f"-Wl,-rpath,{libdir}",
+                    "-o", str(so)], check=True, capture_output=True, text=True)
+    java = sorted((REPO / "native/java/dev/edgekit").glob("*.java")) + [REPO / "native/java/test/EdgekitJniTest.java"]
+    subprocess.run([str(jdk / "bin/javac"), "-Xlint:all", "-Werror", "-d", str(out / "classes"), *map(str, java)],
+                   check=True, capture_output=True, text=True)
+    return so
+
+
+def emoji_chain_gguf(root: Path) -> tuple[Path, int]:
+    """A tiny random Llama (untied embeddings) taught one thing by hand: after each UTF-8 byte token of EMOJI
+    comes the next one, cyclically, so greedy text after the emoji is more of it, a byte per token. Each chain
+    token's embedding is a large spike in its own dimension (it dominates the residual stream, whatever the
+    layers add), and only its successor's output row reads that dimension. The rest of the model stays random."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgekit.converters.gguf.writer import GGUFConfig, write_gguf
+    from edgekit.testing.models import build_tiny_model
+
+    hf_dir = build_tiny_model(root / "hf", "llama", hidden=64, ffn=128, heads=4, kv_heads=2,
+                              tie_word_embeddings=False)
+    ids = AutoTokenizer.from_pretrained(hf_dir).encode(EMOJI, add_special_tokens=False)
+    assert len(set(ids)) == len(ids) > 1, f"the emoji should be several distinct byte tokens: {ids}"
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    emb, out = model.model.embed_tokens.weight, model.lm_head.weight
+    with torch.no_grad():
+        for dim, (tok, nxt) in enumerate(zip(ids, ids[1:] + ids[:1], strict=True)):
+            emb[tok] = 0
+            emb[tok, dim] = 100.0
+            out[:, dim] = 0
+            out[nxt, dim] = 1.0
+    model.save_pretrained(hf_dir)
+    path = root / "emoji.gguf"
+    write_gguf(hf_dir, path, GGUFConfig(quant="f32"), progress=False)
+    return path, len(ids)
+
+
+def decode_lines(stdout: str) -> dict[str, str]:
+    return {k: bytes.fromhex(v).decode("utf-8") for k, _, v in (ln.partition("\t") for ln in stdout.splitlines())}
+
+
+@pytest.mark.slow  # ~28 s alone (torch/transformers imports, a tiny model, javac), ~15 s in a suite
+def test_java_binding_matches_python(tmp_path):
+    so = build_jni(tmp_path)
+    gguf, n_bytes = emoji_chain_gguf(tmp_path)
+    assert n_bytes == 4
+    jdk = find_jdk()
+    run = subprocess.run([str(jdk / "bin/java"), "-Xcheck:jni", f"-Dedgekit.jni.library={so}",
+                          "-cp", str(tmp_path / "classes"), "EdgekitJniTest", str(gguf), PROMPT, EMOJI],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = decode_lines(run.stdout)
+    assert got["ok"] == "all checks passed"
+    assert "/nonexistent/dïr" + EMOJI + "/model.gguf" in got["bad_path"]  # the C message, through byte[]
+
+    greedy = {"temperature": 0, "max_tokens": 24}
+    with edgekit.load(gguf, backend="native", kv_f32=True, threads=1) as m:
+        assert got["generate"] == m.generate(PROMPT, **greedy)
+        assert got["seeded"] == m.generate(PROMPT, temperature=0.9, top_k=20, top_p=0.9, min_p=0.02, seed=7,
+                                           max_tokens=24)
+        assert got["chat"] == m.chat([{"role": "user", "content": CHAT}], **greedy)
+        assert got["emoji"] == m.generate(EMOJI, temperature=0, max_tokens=12, ignore_eos=True) == EMOJI * 3
+    with edgekit.load(gguf, kv_f32=True, threads=1) as m:  # llama.cpp
+        assert got["generate"] == m.generate(PROMPT, **greedy)
+    assert len(got["generate"]) > 0 and len(got["chat"]) > 0
