@@ -107,3 +107,59 @@ def test_java_binding_matches_python(tmp_path):
     with edgekit.load(gguf, kv_f32=True, threads=1) as m:  # llama.cpp
         assert got["generate"] == m.generate(PROMPT, **greedy)
     assert len(got["generate"]) > 0 and len(got["chat"]) > 0
+
+
+BUNDLE_MAIN = """
+import dev.edgekit.*;
+public final class BundleMain {
+    public static void main(String[] a) {
+        try (EdgekitModel m = EdgekitModel.load(a[0]);
+             EdgekitSession s = m.newSession(new EdgekitSession.Params().nCtx(256).threads(1).kvF32(true))) {
+            byte[] b = s.generate(a[1], new Sampling().temperature(0).maxTokens(16))
+                    .getBytes(java.nio.charset.StandardCharsets.UTF_8);
+            StringBuilder h = new StringBuilder();
+            for (byte x : b) h.append(String.format("%02x", x & 0xff));
+            System.out.println(h);
+        }
+    }
+}
+"""
+
+
+def test_android_bundle_ships_the_runtime_and_java_classes(f32_ggufs, tmp_path):
+    import hashlib
+    import json
+
+    from edgekit.runtime.bundle import make_bundle, verify
+
+    gguf = f32_ggufs["llama"]
+    out = make_bundle(gguf, "android", tmp_path / "app")
+    man = json.loads((out / "manifest.json").read_text())
+    assert verify(out) == out / gguf.name
+    files = {f["path"]: f for f in man["files"]}
+    for name, f in files.items():  # every file listed, with its real checksum
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == f["sha256"], name
+    rt = man["runtime"]
+    assert man["backend"] == rt["backend"] == "native" and rt["java_package"] == "dev.edgekit"
+    libdir = rt["libraries"]["dir"]
+    assert rt["libraries"]["android_abi"] is None and libdir == f"lib/{rt['libraries']['host']}"
+    assert {f"{libdir}/libedgekit.so", "java/dev/edgekit/EdgekitModel.java",
+            "java/dev/edgekit/EdgekitSession.java"} <= set(files)
+    readme = (out / "README.md").read_text()
+    assert "arm64-v8a" in readme and "NDK" in readme and "cannot" in readme and "EdgekitModel.load" in readme
+
+    jdk = find_jdk()
+    if jdk is None:
+        pytest.skip("no JDK: the bundle's Java classes are not compiled and run")
+    assert rt["libraries"]["jni"], "edgekit was built on a machine with a JDK: libedgekit_jni.so must be bundled"
+    assert f"{libdir}/libedgekit_jni.so" in files
+    src = tmp_path / "BundleMain.java"
+    src.write_text(BUNDLE_MAIN)
+    subprocess.run([str(jdk / "bin/javac"), "-Werror", "-d", str(tmp_path / "classes"), str(src),
+                    *map(str, sorted((out / "java/dev/edgekit").glob("*.java")))], check=True, capture_output=True)
+    run = subprocess.run([str(jdk / "bin/java"), f"-Djava.library.path={out / libdir}",
+                          "-cp", str(tmp_path / "classes"), "BundleMain", str(out / gguf.name), PROMPT],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    with edgekit.load(out, backend="native", kv_f32=True, threads=1) as m:
+        assert bytes.fromhex(run.stdout.strip()).decode() == m.generate(PROMPT, temperature=0, max_tokens=16)
