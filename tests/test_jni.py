@@ -155,7 +155,8 @@ def test_android_bundle_ships_the_runtime_and_java_classes(f32_ggufs, tmp_path):
     assert f"{libdir}/libedgekit_jni.so" in files
     src = tmp_path / "BundleMain.java"
     src.write_text(BUNDLE_MAIN)
-    subprocess.run([str(jdk / "bin/javac"), "-Werror", "-d", str(tmp_path / "classes"), str(src),
+    subprocess.run([str(jdk / "bin/javac"), "--release", "8", "-Xlint:all", "-Werror",  # the level Android builds
+                    "-d", str(tmp_path / "classes"), str(src),
                     *map(str, sorted((out / "java/dev/edgekit").glob("*.java")))], check=True, capture_output=True)
     run = subprocess.run([str(jdk / "bin/java"), f"-Djava.library.path={out / libdir}",
                           "-cp", str(tmp_path / "classes"), "BundleMain", str(out / gguf.name), PROMPT],

@@ -46,12 +46,10 @@ def _model_files(model: Path) -> list[Path]:
 JAVA_PACKAGE = "dev.edgekit"
 
 
-def _java_sources() -> list[Path]:
-    """dev.edgekit's .java files: installed with the package (edgekit/java), else a source checkout's native/java."""
-    import edgekit
-
-    roots = [Path(p) / "java" for p in edgekit.__path__] + [Path(edgekit.__file__).resolve().parents[1] / "native/java"]
-    for root in roots:
+def _java_sources(libdir: Path) -> list[Path]:
+    """dev.edgekit's .java files: installed beside libedgekit (edgekit/java), else a source checkout's native/java."""
+    package = Path(__file__).resolve().parents[1]
+    for root in (libdir / "java", package / "java", package.parent / "native" / "java"):
         found = sorted((root / "dev" / "edgekit").glob("*.java"))
         if found:
             return found
@@ -71,7 +69,7 @@ def _native_runtime() -> tuple[list[tuple[Path, str]], dict[str, Any]]:
     files = [(libedgekit, f"{libdir}/{libedgekit.name}")]
     if jni.is_file():
         files.append((jni, f"{libdir}/{jni.name}"))
-    java = _java_sources()
+    java = _java_sources(libedgekit.parent)
     files += [(j, f"java/dev/edgekit/{j.name}") for j in java]
     entry = {
         "backend": "native", "java_package": JAVA_PACKAGE if java else None,

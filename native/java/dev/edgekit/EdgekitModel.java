@@ -12,7 +12,7 @@ import java.util.Set;
  * <pre>{@code
  * try (EdgekitModel model = EdgekitModel.load("/data/.../model.gguf");
  *      EdgekitSession chat = model.newSession(new EdgekitSession.Params().nCtx(2048))) {
- *     chat.chat(List.of(Message.user("Hello!")), new Sampling().temperature(0.7f).seed(1), piece -> {
+ *     chat.chat(Collections.singletonList(Message.user("Hello!")), new Sampling().temperature(0.7f).seed(1), piece -> {
  *         System.out.print(piece);
  *         return false;  // true stops
  *     });
