@@ -50,6 +50,19 @@ def build_jni(out: Path) -> Path:
     return so
 
 
+@pytest.mark.parametrize("cc", ["aarch64-linux-gnu-gcc", "arm-linux-gnueabihf-gcc"])
+def test_jni_glue_compiles_for_arm(cc, tmp_path):
+    """64- and 32-bit ARM Linux (jlong handles hold 4-byte pointers on the latter): warning-free. Compiled only:
+    there is no ARM JVM here, and a Linux .so is not an Android one (that needs the NDK)."""
+    jdk = find_jdk()
+    if jdk is None or shutil.which(cc) is None:
+        pytest.skip(f"needs a JDK's jni.h and {cc}")
+    subprocess.run([cc, "-c", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror",
+                    f"-I{REPO / 'native/include'}", f"-I{jdk / 'include'}", f"-I{jdk / 'include/linux'}",
+                    str(REPO / "native/jni/edgekit_jni.c"), "-o", str(tmp_path / "edgekit_jni.o")],
+                   check=True, capture_output=True, text=True)
+
+
 def emoji_chain_gguf(root: Path) -> tuple[Path, int]:
     """A tiny random Llama (untied embeddings) taught one thing by hand: after each UTF-8 byte token of EMOJI
     comes the next one, cyclically, so greedy text after the emoji is more of it, a byte per token. Each chain
@@ -151,7 +164,8 @@ def test_android_bundle_ships_the_runtime_and_java_classes(f32_ggufs, tmp_path):
     jdk = find_jdk()
     if jdk is None:
         pytest.skip("no JDK: the bundle's Java classes are not compiled and run")
-    assert rt["libraries"]["jni"], "edgekit was built on a machine with a JDK: libedgekit_jni.so must be bundled"
+    assert rt["libraries"]["jni"], ("a JDK is here but this edgekit was built without libedgekit_jni: reinstall it "
+                                    "(pip install --no-build-isolation --no-deps -e .)")
     assert f"{libdir}/libedgekit_jni.so" in files
     src = tmp_path / "BundleMain.java"
     src.write_text(BUNDLE_MAIN)
