@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,10 +144,12 @@ def test_android_bundle_ships_the_runtime_and_java_classes(f32_ggufs, tmp_path):
     import hashlib
     import json
 
-    from edgekit.runtime.bundle import make_bundle, verify
+    from edgekit.runtime.bundle import verify
 
-    gguf = f32_ggufs["llama"]
-    out = make_bundle(gguf, "android", tmp_path / "app")
+    gguf, out = f32_ggufs["llama"], tmp_path / "app"
+    r = subprocess.run([sys.executable, "-m", "edgekit", "bundle", str(gguf), "--target", "android", "-o", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
     man = json.loads((out / "manifest.json").read_text())
     assert verify(out) == out / gguf.name
     files = {f["path"]: f for f in man["files"]}

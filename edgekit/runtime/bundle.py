@@ -99,9 +99,12 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
         try:  # the app would run it on libedgekit: the bundle describes what that runtime loads
             model = load(src, backend="native")
             runtime_files, runtime = _native_runtime()
-        except EdgekitError:
-            model = None  # a GGUF the C runtime cannot run (architecture, tensor type): llama.cpp's note instead
-    model = model or load(src)  # the bundle describes what a runtime really loads (and a broken file fails here)
+        except (EdgekitError, OSError):  # a GGUF the C runtime cannot run (architecture, tensor type), or no
+            if model is not None:         # libedgekit in this install: llama.cpp's note instead
+                model.close()
+            model = None
+    if model is None:
+        model = load(src)  # the bundle describes what a runtime really loads (and a broken file fails here)
     try:
         info = model.info()
         stop_tokens = [{"id": i, "text": model.token_text(i)} for i in sorted(model.stop_ids)]
