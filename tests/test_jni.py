@@ -116,6 +116,7 @@ def test_java_binding_matches_python(tmp_path):
         assert got["generate"] == m.generate(PROMPT, **greedy)
         assert got["seeded"] == m.generate(PROMPT, temperature=0.9, top_k=20, top_p=0.9, min_p=0.02, seed=7,
                                            max_tokens=24)
+        assert got["defaults"] == m.generate(PROMPT, seed=3, max_tokens=24)  # SamplingParams' defaults
         assert got["chat"] == m.chat([{"role": "user", "content": CHAT}], **greedy)
         assert got["emoji"] == m.generate(EMOJI, temperature=0, max_tokens=12, ignore_eos=True) == EMOJI * 3
     with edgekit.load(gguf, kv_f32=True, threads=1) as m:  # llama.cpp

@@ -257,7 +257,8 @@ def _runtime_note(man: dict[str, Any]) -> list[str]:
         "  ```",
         "",
         "  Generate on a worker thread; `session.abort()` from any thread stops it; `close()` frees the session and "
-        "the model (the model closes its sessions).",
+        "the model (the model closes its sessions). With R8/ProGuard add `-keep class dev.edgekit.** { *; }` (the "
+        "JNI glue calls some methods by name).",
     ]
 
 _SHIP = {

@@ -165,6 +165,7 @@ typedef struct sink {
 static int on_piece(const char *piece, size_t len, void *user) {
     sink *k = user;
     JNIEnv *env = k->env;
+    if ((*env)->ExceptionCheck(env)) return 1; /* no JNI calls with an exception pending */
     if (!k->obj || len == 0) return 0;
     jbyteArray b = (*env)->NewByteArray(env, (jsize)len);
     if (!b) return 1; /* OutOfMemoryError pending */

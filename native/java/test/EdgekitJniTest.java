@@ -57,6 +57,8 @@ public final class EdgekitJniTest {
         }
 
         EdgekitModel model = EdgekitModel.load(path);
+        check("llama".equals(model.meta("general.architecture")), "meta: " + model.meta("general.architecture"));
+        check(model.meta("no.such.key") == null && model.shape()[0] > 500, "meta null, shape");
         EdgekitSession a = model.newSession(PARAMS), b = model.newSession(PARAMS);
 
         List<String> pieces = new ArrayList<>();
@@ -72,6 +74,8 @@ public final class EdgekitJniTest {
         String seeded = a.generate(prompt, new Sampling().temperature(0.9f).topK(20).topP(0.9f).minP(0.02f)
                 .seed(7).maxTokens(24));
         System.out.println("seeded\t" + hex(seeded));
+        String defaults = a.generate(prompt, new Sampling().seed(3).maxTokens(24));  // Java's defaults = C's
+        System.out.println("defaults\t" + hex(defaults));
         String reply = a.chat(List.of(Message.user("Hello! How are you?")), greedy(24));
         System.out.println("chat\t" + hex(reply));
 
@@ -139,7 +143,31 @@ public final class EdgekitJniTest {
         } catch (IllegalStateException x) {
             check(x.getMessage().contains("closed"), x.getMessage());
         }
+        // model.close() while a session generates: the generation is aborted, the session closed, nothing freed early.
+        CountDownLatch going = new CountDownLatch(1);
+        int[] status = {-1};
+        Thread gen = new Thread(() -> {
+            b.generate(emoji, new Sampling().temperature(0).maxTokens(400).ignoreEos(true), p -> {
+                going.countDown();
+                try {
+                    Thread.sleep(5);
+                } catch (InterruptedException ignored) {
+                }
+                return false;
+            });
+            status[0] = b.lastStatus();
+        });
+        gen.start();
+        check(going.await(30, TimeUnit.SECONDS), "generation started");
         model.close();
+        gen.join();
+        check(status[0] == EdgekitSession.ABORTED, "closing the model aborted the generation: " + status[0]);
+        try {
+            b.stats();
+            check(false, "the model's close() closed its sessions");
+        } catch (IllegalStateException x) {
+            check(x.getMessage().contains("closed"), x.getMessage());
+        }
         model.close();
         b.close();
         System.out.println("ok\t" + hex("all checks passed"));
