@@ -169,15 +169,7 @@ def main() -> None:
     out = args.out or Path(__file__).parent / "results" / f"native_vs_llamacpp_{args.shape}_{args.quant}.md"
     path = build_gguf(args.work_dir / f"{args.shape}-{args.quant}.gguf", args.shape, args.quant)
     mib = 1 << 20
-    lines = [f"# Native runtime vs llama.cpp: {args.shape} shapes, {args.quant} (random weights)", "",
-             f"`python benchmarks/native_vs_llamacpp.py --shape {args.shape} --quant {args.quant} --threads "
-             f"{' '.join(map(str, args.threads))} --prompt {args.prompt} --gen {args.gen} --repeat {args.repeat}`", "",
-             f"CPU: {cpu_name()} ({os.cpu_count()} online, shared with other jobs: read the ratios, not the absolute "
-             f"numbers). File: {path.stat().st_size / mib:.0f} MiB. Prefill: {args.prompt} tokens in one batch; "
-             f"decode: {args.gen} greedy tokens. Ratios native / llama.cpp (> 1: native faster; RSS < 1: native "
-             f"smaller), median of {args.repeat} interleaved runs [min-max].", "",
-             "| threads | prefill tok/s native | llama.cpp | ratio | decode tok/s native | llama.cpp | ratio | "
-             "peak RSS MiB native | llama.cpp | ratio |", "| ---: " * 10 + "|"]
+    load_before, rows = os.getloadavg()[0], []
     for th in args.threads:
         runs = {"native": [], "llama": []}
         for _ in range(args.repeat):
@@ -191,8 +183,19 @@ def main() -> None:
             scale = mib if key == "peak_rss" else 1
             cells += [f"{statistics.median(ours) / scale:.1f}", f"{statistics.median(theirs) / scale:.1f}",
                       f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"]
-        lines.append(f"| {th} | " + " | ".join(cells) + " |")
-    write_report(out, lines)
+        rows.append(f"| {th} | " + " | ".join(cells) + " |")
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    lines = [f"# Native runtime vs llama.cpp: {args.shape} shapes, {args.quant} (random weights)", "",
+             f"`python benchmarks/native_vs_llamacpp.py --shape {args.shape} --quant {args.quant} --threads "
+             f"{' '.join(map(str, args.threads))} --prompt {args.prompt} --gen {args.gen} --repeat {args.repeat}`", "",
+             f"CPU: {cpu_name()} ({os.cpu_count()} online, shared with other jobs: {load}; a busy machine slows "
+             f"llama.cpp's polling worker threads more than ours, which soon sleep: read the spread). "
+             f"File: {path.stat().st_size / mib:.0f} MiB. Prefill: {args.prompt} tokens in one batch; "
+             f"decode: {args.gen} greedy tokens. Ratios native / llama.cpp (> 1: native faster; RSS < 1: native "
+             f"smaller), median of {args.repeat} interleaved runs [min-max].", "",
+             "| threads | prefill tok/s native | llama.cpp | ratio | decode tok/s native | llama.cpp | ratio | "
+             "peak RSS MiB native | llama.cpp | ratio |", "| ---: " * 10 + "|"]
+    write_report(out, lines + rows)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ def test_q4_k_m_on_the_native_runtime_equals_llama_cpp(ggufs, data):
                  for b in ("native", "llamacpp"))
     assert ours.ppl == pytest.approx(ref.ppl, rel=2e-3)
     assert ours.tokens == ref.tokens
+    assert ours.tokenizer.endswith("(edgekit native)") and ref.tokenizer.endswith("(llama.cpp)")
 
 
 # -- against a reference ---------------------------------------------------------------------------

@@ -51,6 +51,7 @@ def _c() -> ctypes.CDLL:
                                     POINTER(c_int32)]
     c.ek_vocab_token_to_piece.argtypes = [c_void_p, c_int32, c_int, c_char_p, c_int32, POINTER(c_int32)]
     c.ek_vocab_is_special.argtypes = [c_void_p, c_int32]
+    c.ek_vocab_is_eog.argtypes = [c_void_p, c_int32]
     c.ek_vocab_chat_format.argtypes = [c_void_p, POINTER(Message), c_size_t, c_int, c_char_p, c_size_t,
                                        POINTER(c_size_t)]
     c.ek_last_error.restype = c_char_p
@@ -129,6 +130,9 @@ class NativeVocab:
     def is_special(self, token: int) -> bool:
         return bool(self.c.ek_vocab_is_special(self.handle, token))
 
+    def is_eog(self, token: int) -> bool:
+        return bool(self.c.ek_vocab_is_eog(self.handle, token))
+
     def chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         msgs = (Message * max(1, len(messages)))(*[Message(m["role"].encode(), m["content"].encode())
                                                    for m in messages])
@@ -171,6 +175,9 @@ class LlamaVocab:
 
     def is_control(self, token: int) -> bool:
         return bool(self.ll.llama_vocab_is_control(self.vocab, token))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.ll.llama_vocab_is_eog(self.vocab, token))
 
     def __del__(self) -> None:
         if getattr(self, "model", None):
@@ -284,6 +291,7 @@ def test_pieces_like_llama_cpp(pairs, style: str) -> None:
         assert ours.piece(t, True) == ref.piece(t, True), t
         assert ours.piece(t, False) == ref.piece(t, False), t
         assert ours.is_special(t) == ref.is_control(t), t
+        assert ours.is_eog(t) == ref.is_eog(t), t  # where generation stops
 
 
 @pytest.mark.slow
@@ -577,15 +585,16 @@ def test_edgekit_run_greedy_text_equals_llama_cpp(f32_ggufs, arch: str) -> None:
     assert run_native(*args, "--temp", 0.75, "--seed", 3) == seeded
 
 
-def test_edgekit_run_chat_equals_python_chat(f32_ggufs) -> None:
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "phi3"])
+def test_edgekit_run_chat_equals_python_chat(f32_ggufs, arch: str) -> None:
     """--chat: each stdin line a user turn of one conversation (the template, the cache reuse, the stop tokens)."""
     pytest.importorskip("llama_cpp")
     from edgekit.runtime.backends.llamacpp import LlamaCppModel
 
     lines = ["Hello there", "And 2+2?"]
-    got = run_native("-m", f32_ggufs["qwen2"], "--chat", "-n", 16, "--temp", 0, "-t", 2, "--ctx", 256, "--kv-f32",
+    got = run_native("-m", f32_ggufs[arch], "--chat", "-n", 16, "--temp", 0, "-t", 2, "--ctx", 256, "--kv-f32",
                      input="\n".join(lines) + "\n").split("\n")
-    with LlamaCppModel(f32_ggufs["qwen2"], n_ctx=256, kv_f32=True, flash_attn=False, threads=2) as llm:
+    with LlamaCppModel(f32_ggufs[arch], n_ctx=256, kv_f32=True, flash_attn=False, threads=2) as llm:
         messages: list[dict] = []
         for i, line in enumerate(lines):
             messages.append({"role": "user", "content": line})

@@ -65,7 +65,8 @@ def evaluate(model: str | Path, cfg: EvalConfig, *, progress: bool = True) -> Ev
 
     # Data errors first: they are cheap to find, models are not cheap to load.
     data = read_data(cfg.data)
-    tok = choose_tokenizer(model_path, ref_path, Path(cfg.tokenizer) if cfg.tokenizer is not None else None)
+    tok = choose_tokenizer(model_path, ref_path, Path(cfg.tokenizer) if cfg.tokenizer is not None else None,
+                           cfg.backend)
     stream = token_stream(tok, data.texts)
     text = ctx - len(tok.prefix)
     if text < 2:

@@ -272,8 +272,9 @@ typedef int (*ek_piece_fn)(const char *piece, size_t len, void *user);
 /* Tokenize prompt (add_special, parse_special), reuse the cached prefix it shares with the session's
  * sequence, prefill the rest, then sample until a stop token (eos, eot and the end-of-turn markers that are
  * single control tokens; not passed on), max_tokens, on_piece returning nonzero (all EK_OK) or a full context
- * (EK_CONTEXT_FULL), streaming the text through on_piece (may be NULL). The session keeps the sequence, so a
- * following call reuses what it shares. */
+ * (EK_CONTEXT_FULL), streaming the text through on_piece (may be NULL): whole UTF-8 characters, ill-formed
+ * bytes as U+FFFD, a SentencePiece model's first prefix space dropped (as llama.cpp's detokenizer and edgekit's
+ * Python side give the text). The session keeps the sequence, so a following call reuses what it shares. */
 ek_status ek_generate(ek_session *session, const char *prompt, const ek_sampling *sampling, ek_piece_fn on_piece,
                       void *user);
 /* ek_chat_format(messages, add_generation_prompt=1), then ek_generate on that text without add_special (the

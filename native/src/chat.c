@@ -4,11 +4,12 @@
  * Jinja renders the known variants (tests/chat_templates/ holds them). Anything else: EK_ERR_UNSUPPORTED. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "unicode.h"
 #include "vocab.h"
 
-enum family { CHATML = 1, LLAMA3, LLAMA2, MISTRAL, INST_TRIM, PHI3, PHI3_OLD, ZEPHYR };
+enum family { CHATML = 1, LLAMA3, LLAMA31, LLAMA2, MISTRAL, INST_TRIM, PHI3, PHI3_OLD, ZEPHYR };
 
 typedef struct {
     int family;
@@ -19,6 +20,7 @@ typedef struct {
     int eos_without_prompt; /* Phi-3: eos_token closes a conversation rendered without a generation prompt */
     char *default_system;   /* ChatML: the system turn written when the conversation has none */
     const char *end;        /* Zephyr: the end-of-turn text (a literal, or NULL: eos_token) */
+    char date[32];          /* Llama 3.1+: "Today Date: ..." (the template's literal, or today's, as strftime_now) */
 } style;
 
 static int has(const char *t, const char *s) { return strstr(t, s) != NULL; }
@@ -89,7 +91,24 @@ static int detect(const char *t, style *st) {
         return 0;
     }
     if (has(t, "<|start_header_id|>") && has(t, "<|end_header_id|>")) {
-        if (has(t, "Cutting Knowledge Date") || has(t, "tools")) return -1; /* Llama 3.1+: dates and tools */
+        if (has(t, "Cutting Knowledge Date: December 2023\\n") && has(t, "Today Date: \" + date_string")) {
+            /* Llama 3.1 / 3.2: a system turn with dates first; tools are not rendered here */
+            st->family = LLAMA31;
+            static const char lit[] = "set date_string = \"";
+            const char *d = strstr(t, lit), *e = d ? strchr(d + sizeof lit - 1, '"') : NULL;
+            if (has(t, "strftime_now")) { /* as edgekit's Python side defines it: today, local time */
+                time_t now = time(NULL);
+                struct tm tm;
+                localtime_r(&now, &tm);
+                strftime(st->date, sizeof st->date, "%d %b %Y", &tm);
+            } else if (d && e && (size_t)(e - d) - (sizeof lit - 1) < sizeof st->date) {
+                memcpy(st->date, d + sizeof lit - 1, (size_t)(e - d) - (sizeof lit - 1));
+            } else {
+                return -1;
+            }
+            return 0;
+        }
+        if (has(t, "Cutting Knowledge Date") || has(t, "tools")) return -1;
         st->family = LLAMA3;
         return 0;
     }
@@ -195,6 +214,27 @@ static ek_status render(const style *st, const char *bos, const char *eos, const
         }
         if (agp) puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
+    case LLAMA31: {
+        size_t from = n > 0 && is(m[0].role, "system");
+        puts_(b, "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: ");
+        puts_(b, st->date);
+        puts_(b, "\n\n");
+        put_content(b, from ? m[0].content : "", 1);
+        puts_(b, "<|eot_id|>");
+        for (size_t i = from; i < n; i++) {
+            if (is(m[i].role, "tool") || is(m[i].role, "ipython")) {
+                ek_set_error("tool messages are not supported by the native chat templates");
+                return EK_ERR_UNSUPPORTED;
+            }
+            puts_(b, "<|start_header_id|>");
+            puts_(b, m[i].role);
+            puts_(b, "<|end_header_id|>\n\n");
+            put_content(b, m[i].content, 1);
+            puts_(b, "<|eot_id|>");
+        }
+        if (agp) puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        break;
+    }
     case LLAMA2: {
         const char *sys = n > 0 && is(m[0].role, "system") ? m[0].content : NULL;
         const ek_message *loop = sys ? m + 1 : m;

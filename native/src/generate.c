@@ -136,7 +136,7 @@ static ek_status generate(ek_session *s, const char *prompt, int add_special, co
     pending out = {0};
     float *masked = NULL;
     const int32_t nv = s->m->n_vocab;
-    int32_t emitted = 0;
+    int32_t emitted = 0, stopped = 0;
     while (st == EK_OK && emitted < sp.max_tokens) {
         const float *logits = ek_logits(s, -1);
         if (sp.ignore_eos) { /* stop tokens can never be drawn */
@@ -156,16 +156,29 @@ static ek_status generate(ek_session *s, const char *prompt, int add_special, co
         if (emitted == 0) s->stats.first_token_ms = now_ms() - t0;
         if (!sp.ignore_eos && ek_vocab_is_eog(v, t)) break;
         emitted++;
-        char piece[256];
+        char small[256], *piece = small;
         int32_t pn = 0;
-        st = ek_vocab_token_to_piece(v, t, 0, piece, sizeof piece, &pn);
-        if (st != EK_OK) break;
-        if (pending_add(&out, piece, (size_t)pn)) {
+        st = ek_vocab_token_to_piece(v, t, 0, piece, sizeof small, &pn);
+        if (st == EK_ERR_BUFFER && (piece = malloc((size_t)pn)) != NULL) /* a very long token */
+            st = ek_vocab_token_to_piece(v, t, 0, piece, pn, &pn);
+        if (!piece) {
+            st = EK_ERR_NOMEM;
+            ek_set_error("ek_generate: out of memory");
+        }
+        if (st != EK_OK) {
+            if (piece != small) free(piece);
+            break;
+        }
+        /* as llama.cpp's detokenizer, and so the Python side, gives the answer: without the prefix space */
+        int skip = emitted == 1 && pn > 0 && piece[0] == ' ' && ek_vocab_add_space_prefix(v);
+        int added = pending_add(&out, piece + skip, (size_t)(pn - skip));
+        if (piece != small) free(piece);
+        if (added) {
             st = EK_ERR_NOMEM;
             ek_set_error("ek_generate: out of memory");
             break;
         }
-        if (pending_emit(&out, on_piece, user, 0)) break;
+        if ((stopped = pending_emit(&out, on_piece, user, 0))) break;
         if (atomic_exchange(&s->abort, 0)) {
             st = EK_ABORTED;
             ek_set_error("ek_generate: aborted");
@@ -179,7 +192,7 @@ static ek_status generate(ek_session *s, const char *prompt, int add_special, co
         }
         st = ek_decode(s, &t, 1, s->n_past, 0);
     }
-    if (out.n && st >= 0) pending_emit(&out, on_piece, user, 1);
+    if (out.n && st >= 0 && !stopped) pending_emit(&out, on_piece, user, 1);
     free(out.s);
     free(masked);
     ek_sampler_free(smp);

@@ -135,7 +135,11 @@ static int32_t hp_int(loader *L, const char *suffix, int64_t def, int64_t lo, in
     snprintf(key, sizeof key, "%s.%s", L->m->info.arch, suffix);
     int64_t v = def;
     const int r = ek_gguf_int(&L->m->g, key, &v);
-    if (r < 0) return fail(L, EK_ERR_FORMAT, "%s must be an integer", key);
+    if (r < 0) {
+        const ek_gguf_kv *kv = ek_gguf_find(&L->m->g, key);
+        if (kv->type == GG_ARRAY) return fail(L, EK_ERR_UNSUPPORTED, "%s: per-layer values are not supported", key);
+        return fail(L, EK_ERR_FORMAT, "%s must be an integer", key);
+    }
     if (r == 0 && def < 0) return fail(L, EK_ERR_FORMAT, "%s is missing", key);
     if (v < lo || v > hi) return fail(L, EK_ERR_FORMAT, "%s = %lld is out of range", key, (long long)v);
     return (int32_t)v;

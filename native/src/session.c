@@ -8,6 +8,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -31,9 +32,34 @@ static void fp16_init(void) {
     for (uint32_t i = 0; i < (1u << 16); i++) fp16_table[i] = ek_fp16_to_fp32((uint16_t)i);
 }
 
+/* Physical cores (distinct package/core ids in Linux's sysfs; SMT siblings share one), at most 8;
+ * the online CPUs where sysfs does not say. */
 static int default_threads(void) {
-    const long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = online < 1 ? 1 : (int)online, cores = 0;
+    long seen[64];
+    for (int cpu = 0; cpu < n && cpu < 64; cpu++) {
+        char path[96];
+        long core = -1, pkg = 0;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/core_id", cpu);
+        FILE *f = fopen(path, "r");
+        if (f == NULL || fscanf(f, "%ld", &core) != 1) core = -1;
+        if (f != NULL) fclose(f);
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/physical_package_id", cpu);
+        f = fopen(path, "r");
+        if (f == NULL || fscanf(f, "%ld", &pkg) != 1) pkg = 0;
+        if (f != NULL) fclose(f);
+        if (core < 0) { /* no topology: count CPUs */
+            cores = 0;
+            break;
+        }
+        const long id = pkg << 20 | core;
+        int dup = 0;
+        for (int i = 0; i < cores; i++) dup |= seen[i] == id;
+        if (!dup) seen[cores++] = id;
+    }
+    if (cores > 0) n = cores;
+    return n > 8 ? 8 : n;
 }
 
 void ek_session_free(ek_session *s) {

@@ -271,6 +271,8 @@ ek_status ek_vocab_new(const ek_vocab_params *p, ek_vocab **out) {
             v->type[id] = EK_TOKEN_CONTROL;
         }
     }
+    int32_t eos_s = ek_vocab_find(v, "</s>", 4); /* llama.cpp 0.3.36 ends generation at </s> too (Phi-3, measured) */
+    if (eos_s >= 0 && v->type[eos_s] == EK_TOKEN_CONTROL) v->eog[eos_s] = 1;
     if (v->eos >= 0) v->eog[v->eos] = 1;
     if (v->eot >= 0) v->eog[v->eot] = 1;
 
@@ -339,6 +341,7 @@ int32_t ek_vocab_bos(const ek_vocab *v) { return v->bos; }
 int32_t ek_vocab_eos(const ek_vocab *v) { return v->eos; }
 int32_t ek_vocab_eot(const ek_vocab *v) { return v->eot; }
 int ek_vocab_add_bos(const ek_vocab *v) { return v->add_bos; }
+int ek_vocab_add_space_prefix(const ek_vocab *v) { return v->add_space_prefix; }
 int ek_vocab_is_eog(const ek_vocab *v, int32_t t) { return t >= 0 && t < v->n && v->eog[t]; }
 const char *ek_vocab_chat_template(const ek_vocab *v) { return v->chat_template; }
 

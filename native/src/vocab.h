@@ -54,6 +54,8 @@ int32_t ek_vocab_bos(const ek_vocab *vocab);
 int32_t ek_vocab_eos(const ek_vocab *vocab);
 int32_t ek_vocab_eot(const ek_vocab *vocab);
 int ek_vocab_add_bos(const ek_vocab *vocab);
+/* SentencePiece with a prefix space: llama.cpp's detokenizer drops the first token's leading space. */
+int ek_vocab_add_space_prefix(const ek_vocab *vocab);
 /* Whether generation ends at this token (eos, eot and the end-of-turn markers llama.cpp knows by text). */
 int ek_vocab_is_eog(const ek_vocab *vocab, int32_t token);
 const char *ek_vocab_chat_template(const ek_vocab *vocab); /* NULL if none */
