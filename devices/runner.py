@@ -155,7 +155,7 @@ def bench_events(r: Runner, model: str, facts: dict[str, Any], cfg: Any,
     """The worker's events (loaded, test..., done) from runs of edgekit-run. A test ppP runs `-p P -n 1`, tgN
     `-p 1 -n N` (one prompt token: the runner decodes after a prefill), ppP+tgN `-p P -n N`; each repeat is one
     process. Spans (for energy) end when the process's output arrived: decode is the runner's last phase."""
-    loads, peaks = [], []
+    loads, peaks, steady = [], [], None
     tests = [(f"pp{p}", p, 0) for p in cfg.prompts if p] + [(f"tg{n}", 0, n) for n in cfg.gens if n] + \
         [(f"pp{p}+tg{n}", p, n) for p, n in cfg.pairs]
     procs: list[subprocess.Popen] = []
@@ -174,6 +174,7 @@ def bench_events(r: Runner, model: str, facts: dict[str, Any], cfg: Any,
                               "backend": r.kind, "threads": j.get("threads") or None, "model": facts})
                     loads.append(j["load_ms"] / 1e3)
                     peaks.append(j["peak_rss_bytes"])
+                    steady = j.get("rss_bytes") or None  # 0: the device's OS does not say
                     t_dec, t_pre = args[2] / j["decode_tok_s"], j["ttft_ms"] / 1e3
                     dec, pre = (t_dec if n_gen else 0.0), (t_pre if n_prompt else 0.0)
                     samples.append(pre + dec)
@@ -181,8 +182,8 @@ def bench_events(r: Runner, model: str, facts: dict[str, Any], cfg: Any,
                     start = end - t_dec - (t_pre if n_prompt else 0.0)
                     spans.append([start, end if n_gen else end - t_dec])
                 emit({"event": "test", "name": name, "depth": depth, "n_prompt": n_prompt, "n_gen": n_gen,
-                      "samples_s": samples, "ttft_s": ttfts, "spans": spans, "perf": [], "rss": None})
-        emit({"event": "done", "peak_rss": max(peaks) if peaks else None, "rss": None,
+                      "samples_s": samples, "ttft_s": ttfts, "spans": spans, "perf": [], "rss": steady})
+        emit({"event": "done", "peak_rss": max(peaks) if peaks else None, "rss": steady,
               "load_s_all": loads})
     except EdgekitError as e:
         emit({"event": "error", "message": str(e)})

@@ -109,6 +109,7 @@ def test_native_backend_profile(f32_ggufs):
     assert all(t["tokens_per_s"]["mean"] > 0 and len(t["samples_s"]) == 2 for t in run["tests"])
     assert run["tests"][3]["roofline"]["bytes_per_token"] > run["tests"][1]["roofline"]["bytes_per_token"]
     assert run["peak_rss"] > 2**20 and run["peak_rss_from"].startswith("edgekit-run's own getrusage")
+    assert 2**20 < run["steady_rss"] <= run["peak_rss"]  # what stays resident after decoding (/proc/self/statm)
     assert report.data["bandwidth_from"].startswith("edgekit-run --bandwidth")
     # The runner's own peak RSS is the kernel's accounting of that process (GNU time of the same pp16 run),
     # not its parent's: pytest's high-water mark, with torch, is far larger and must not leak into it.

@@ -55,6 +55,16 @@ static int64_t peak_rss(void) {
 #endif
 }
 
+/* Resident set now (bytes), where the OS says (Linux and Android: /proc/self/statm); 0 elsewhere. */
+static int64_t current_rss(void) {
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    int ok = fscanf(f, "%ld %ld", &pages, &resident) == 2;
+    fclose(f);
+    return ok ? (int64_t)resident * sysconf(_SC_PAGESIZE) : 0;
+}
+
 /* ---- bandwidth: every thread sums its own slice of one large buffer ---- */
 
 typedef struct {
@@ -148,11 +158,12 @@ static int bench(const char *path, int depth, int n_prompt, int n_gen, int threa
     }
     double decode_ms = now_ms() - t0;
     double pf = n_prompt / (prefill_ms / 1e3), dc = n_gen / (decode_ms / 1e3);
-    int64_t rss = peak_rss();
+    int64_t rss = peak_rss(), steady = current_rss(); /* steady: what stays resident after decoding */
     if (json)
         printf("{\"model\": \"%s\", \"depth\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %d, \"load_ms\": %.1f, "
-               "\"ttft_ms\": %.1f, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f, \"peak_rss_bytes\": %lld}\n",
-               path, depth, n_prompt, n_gen, threads, load_ms, ttft_ms, pf, dc, (long long)rss);
+               "\"ttft_ms\": %.1f, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f, \"peak_rss_bytes\": %lld, "
+               "\"rss_bytes\": %lld}\n",
+               path, depth, n_prompt, n_gen, threads, load_ms, ttft_ms, pf, dc, (long long)rss, (long long)steady);
     else
         printf("load %.1f ms, TTFT %.1f ms, prefill %.1f tok/s (%d), decode %.1f tok/s (%d), peak RSS %.1f MiB\n",
                load_ms, ttft_ms, pf, n_prompt, dc, n_gen, rss / 1048576.0);
