@@ -17,7 +17,8 @@ class Terminated(KeyboardInterrupt):
 
 # optional module -> (the extra that installs it, what it is for)
 EXTRAS = {"executorch": ("pte", "ExecuTorch .pte programs"), "torchao": ("pte", "ExecuTorch .pte programs"),
-          "llama_cpp": ("llama", "running a .gguf with llama.cpp")}
+          "llama_cpp": ("llama", "running a .gguf with llama.cpp"),
+          "matplotlib": ("profile", "the profiler's PNG plots")}
 
 
 def require(module: str, purpose: str | None = None) -> ModuleType:

@@ -70,9 +70,11 @@ def test_generate_greedy_text_equals_transformers(f32_ggufs, tiny_models):
             out = hf.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False,
                               eos_token_id=[tok.eos_token_id], pad_token_id=tok.eos_token_id)[0, len(ids):]
         ref = tok.decode(out, skip_special_tokens=True)
-        r = run("generate", f32_ggufs[arch], "-n", 20, "--temp", 0, "--cache-type", "f32", *FAST, input=prompt)
-        assert r.returncode == 0, r.stderr
-        assert len(ref) > 10 and r.stdout == ref  # only the text on stdout: no prompt, banner or newline
+        for backend in ("llamacpp", "native"):
+            r = run("generate", f32_ggufs[arch], "-n", 20, "--temp", 0, "--cache-type", "f32", "--backend", backend,
+                    *FAST, input=prompt)
+            assert r.returncode == 0, r.stderr
+            assert len(ref) > 10 and r.stdout == ref, backend  # only the text on stdout: no prompt, banner, newline
         stop = ref[6:9]
         r = run("generate", f32_ggufs[arch], "-n", 20, "--temp", 0, "--cache-type", "f32", "--stop", stop, *FAST,
                 input=prompt)

@@ -103,6 +103,16 @@ def test_windows_score_each_token_once(n_prefix, stride):
     assert len(plan_windows(n, ctx, stride, n_prefix, max_windows=3)) == 3
 
 
+def test_q4_k_m_on_the_native_runtime_equals_llama_cpp(ggufs, data):
+    # The same quantized file scored by both runtimes: both quantize activations as ggml does, so their
+    # perplexities agree far inside the Q4_K_M noise the test below measures.
+    ours, ref = (evaluate(ggufs["q4km"], EvalConfig(data=data, ctx=CTX, max_windows=4, backend=b), progress=False)
+                 for b in ("native", "llamacpp"))
+    assert ours.ppl == pytest.approx(ref.ppl, rel=2e-3)
+    assert ours.tokens == ref.tokens
+    assert ours.tokenizer.endswith("(edgekit native)") and ref.tokenizer.endswith("(llama.cpp)")
+
+
 # -- against a reference ---------------------------------------------------------------------------
 
 
@@ -114,9 +124,10 @@ def test_model_against_itself(tiny_models, data):
     assert res.delta_ppl == 0.0 and res.ppl == res.ref_ppl
 
 
-def test_gguf_f32_matches_hf(tiny_models, ggufs, data):
-    res = evaluate(ggufs["f32"], EvalConfig(data=data, ref=tiny_models["llama"], ctx=CTX, max_windows=4),
-                   progress=False)
+@pytest.mark.parametrize("backend", ["llamacpp", "native"])
+def test_gguf_f32_matches_hf(tiny_models, ggufs, data, backend):
+    res = evaluate(ggufs["f32"], EvalConfig(data=data, ref=tiny_models["llama"], ctx=CTX, max_windows=4,
+                                            backend=backend), progress=False)
     assert res.ppl == pytest.approx(res.ref_ppl, rel=1e-3)
     assert res.kl_mean < 1e-6 and res.kl_max < 1e-4
     assert res.top1 > 0.99

@@ -31,17 +31,19 @@ def _eager_greedy(model_dir, tokens: list[int], n: int, stops: set[int]) -> list
 
 @pytest.fixture(scope="module")
 def models(f32_ggufs, llama_pte):
-    """One loaded model per backend (llama), F32 KV cache on llama.cpp."""
-    ms = {"gguf": edgekit.load(f32_ggufs["llama"], kv_f32=True, threads=1), "pte": edgekit.load(llama_pte)}
+    """One loaded model per backend (llama), F32 KV cache on llama.cpp and the native runtime."""
+    ms = {"gguf": edgekit.load(f32_ggufs["llama"], kv_f32=True, threads=1), "pte": edgekit.load(llama_pte),
+          "native": edgekit.load(f32_ggufs["llama"], backend="native", kv_f32=True, threads=1)}
     yield ms
     for m in ms.values():
         m.close()
 
 
+@pytest.mark.parametrize("backend", ["llamacpp", "native"])
 @pytest.mark.parametrize("arch", RUNTIME_ARCHS)
-def test_gguf_greedy_equals_transformers(arch, f32_ggufs, tiny_models):
+def test_gguf_greedy_equals_transformers(arch, backend, f32_ggufs, tiny_models):
     ids = prompt_tokens(tiny_models[arch])
-    with edgekit.load(f32_ggufs[arch], kv_f32=True, threads=1) as m:
+    with edgekit.load(f32_ggufs[arch], backend=backend, kv_f32=True, threads=1) as m:
         assert m.tokenize(PROMPT, add_special=True) == ids  # llama.cpp tokenizes as HF does
         got = list(m.generate_tokens(ids, SamplingParams(temperature=0, max_tokens=N_NEW)))
         ref = _eager_greedy(tiny_models[arch], ids, N_NEW, m.stop_ids)
@@ -57,7 +59,7 @@ def test_pte_greedy_equals_transformers(models, tiny_models):
     assert got == _eager_greedy(tiny_models["llama"], ids, N_NEW, m.stop_ids)
 
 
-@pytest.mark.parametrize("backend", ["gguf", "pte"])
+@pytest.mark.parametrize("backend", ["gguf", "native", "pte"])
 def test_prefix_reuse_gives_the_logits_of_a_fresh_run(backend, models, tiny_models):
     m = models[backend]
     base = prompt_tokens(tiny_models["llama"])[:40]
@@ -74,7 +76,7 @@ def test_prefix_reuse_gives_the_logits_of_a_fresh_run(backend, models, tiny_mode
     assert m.stats.reused_tokens == 34     # everything but the last token (whose logits are needed)
 
 
-@pytest.mark.parametrize("backend", ["gguf", "pte"])
+@pytest.mark.parametrize("backend", ["gguf", "native", "pte"])
 def test_seed_gives_the_same_text_and_stream_equals_whole(backend, models):
     m = models[backend]
     kw = dict(max_tokens=30, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
@@ -85,7 +87,7 @@ def test_seed_gives_the_same_text_and_stream_equals_whole(backend, models):
     assert one
 
 
-@pytest.mark.parametrize("backend", ["gguf", "pte"])
+@pytest.mark.parametrize("backend", ["gguf", "native", "pte"])
 def test_chat_prompt_equals_transformers_tokens(backend, models, tiny_models):
     from transformers import AutoTokenizer
 
@@ -146,9 +148,13 @@ def test_load_errors_name_the_file(tmp_path, f32_ggufs):
     renamed.write_bytes(f32_ggufs["llama"].read_bytes())
     with edgekit.load(renamed, threads=1) as m:  # no suffix: the magic bytes decide
         assert m.format == "gguf"
+    with pytest.raises(EdgekitError, match="not a GGUF file") as e:  # the native loader's checks come first too
+        edgekit.load(bad, backend="native")
+    with pytest.raises(EdgekitError, match="unknown backend 'mlc'"):
+        edgekit.load(f32_ggufs["llama"], backend="mlc")
 
 
-@pytest.mark.parametrize("backend", ["gguf", "pte"])
+@pytest.mark.parametrize("backend", ["gguf", "native", "pte"])
 def test_streamed_text_never_splits_a_character(backend, models):
     from edgekit.runtime.detokenize import TextStream
 

@@ -5,6 +5,7 @@
     measure   eval                              (edgekit.eval)
     info      inspect, doctor                   (edgekit.inspect, edgekit.doctor)
     run       chat, generate, bundle, serve     (edgekit.runtime; chat.py is the terminal loop)
+    profile   devices, profile                  (edgekit.devices)
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from edgekit.errors import EdgekitError, Terminated
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgekit.cli import compress, convert, info, measure, run
+    from edgekit.cli import compress, convert, info, measure, profile, run
 
     p = argparse.ArgumentParser(prog="edgekit", description="Put language models on the devices people own.")
     p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (convert, compress, measure, info, run):
+    for group in (convert, compress, measure, info, run, profile):
         group.add_parsers(sub)
     return p
 

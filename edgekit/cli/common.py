@@ -38,7 +38,7 @@ def load_for_run(args: argparse.Namespace) -> Any:
     opts = {"threads": args.threads} if args.threads else {}
     if args.cache_type == "f32":
         opts["kv_f32"] = True
-    return load(args.model, n_ctx=args.ctx, **opts)
+    return load(args.model, n_ctx=args.ctx, backend=args.backend, **opts)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -67,6 +67,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="a .gguf (llama.cpp), a .pte (ExecuTorch) or a bundle directory")
     p.add_argument("--ctx", type=int, help="context length in tokens (default: the model's, at most 4096 for "
                                            "GGUF; a .pte's KV cache is fixed at export)")
-    p.add_argument("--threads", type=int, default=0, help="GGUF: llama.cpp threads (default: the cores, at most 8)")
+    add_backend_arg(p)
+    p.add_argument("--threads", type=int, default=0, help="GGUF: threads (default: the cores, at most 8)")
     p.add_argument("--cache-type", choices=["f16", "f32"], default="f16",
                    help="GGUF: KV-cache type (default: f16, as llama.cpp; f32 for results equal to transformers')")
+
+
+def add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["llamacpp", "native"],
+                   help="who runs a .gguf: llamacpp (llama.cpp, the default) or native (edgekit's own C runtime)")

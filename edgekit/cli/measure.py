@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgekit.cli.common import add_backend_arg
 from edgekit.eval import EvalConfig, evaluate
 
 
@@ -29,6 +30,7 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--ctx", type=int, default=512, help="tokens per window (default: 512)")
     e.add_argument("--stride", type=int, help="tokens between window starts (default: a whole window)")
     e.add_argument("--max-windows", type=int, metavar="N", help="score at most N windows")
+    add_backend_arg(e)
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_eval)
@@ -36,7 +38,7 @@ def add_parsers(sub: Any) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(data=args.data, ref=args.ref, ctx=args.ctx, stride=args.stride, max_windows=args.max_windows,
-                     tokenizer=args.tokenizer)
+                     tokenizer=args.tokenizer, backend=args.backend or "llamacpp")
     result = evaluate(args.model, cfg, progress=not args.quiet)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.report())
     return 0

@@ -47,8 +47,11 @@ def add_parsers(sub: Any) -> None:
         "bundle", help="package a model for an app: model, tokenizer, manifest.json, integration note",
         description="Write a directory an Android, iOS or Linux app can ship: the model file (and a .pte's "
                     "tokenizer), a versioned manifest.json (format, backend, context length, chat template, stop "
-                    "tokens, default sampling, sha256 checksums) and a README with the integration steps.",
+                    "tokens, default sampling, sha256 checksums) and a README with the integration steps.\nAn "
+                    "Android bundle of a GGUF also carries edgekit's C runtime (libedgekit and its JNI glue, built "
+                    "for this machine) and the dev.edgekit Java classes.",
         epilog="examples:\n  edgekit bundle smol.pte --target android -o app-assets/\n"
+               "  edgekit bundle demo.gguf --target android -o app/\n"
                "  edgekit bundle demo.gguf --target linux -o demo-bundle/ && edgekit chat demo-bundle/",
         formatter_class=raw)
     b.add_argument("model", type=Path, help="a .gguf or .pte file (or a bundle to re-target)")

@@ -40,6 +40,7 @@ class EvalConfig:
     stride: int | None = None                # tokens between window starts; default: a whole window
     max_windows: int | None = None           # score at most this many windows
     tokenizer: str | Path | None = None      # HF tokenizer directory; default: the reference's, else the model's
+    backend: str = "llamacpp"                # who runs the model's .gguf: "llamacpp" or "native" (the ref: llama.cpp)
 
     def check(self) -> None:
         if self.ctx < 2:
@@ -64,7 +65,8 @@ def evaluate(model: str | Path, cfg: EvalConfig, *, progress: bool = True) -> Ev
 
     # Data errors first: they are cheap to find, models are not cheap to load.
     data = read_data(cfg.data)
-    tok = choose_tokenizer(model_path, ref_path, Path(cfg.tokenizer) if cfg.tokenizer is not None else None)
+    tok = choose_tokenizer(model_path, ref_path, Path(cfg.tokenizer) if cfg.tokenizer is not None else None,
+                           cfg.backend)
     stream = token_stream(tok, data.texts)
     text = ctx - len(tok.prefix)
     if text < 2:
@@ -83,7 +85,7 @@ def evaluate(model: str | Path, cfg: EvalConfig, *, progress: bool = True) -> Ev
     acc = Accumulator()
     lm = ref_lm = None
     try:
-        lm = open_model(model_path, ctx=ctx)
+        lm = open_model(model_path, ctx=ctx, backend=cfg.backend)
         ref_lm = open_model(ref_path, ctx=ctx) if ref_path is not None else None
         check_vocab(tok, lm, ref_lm)
         too_big = max(stream) if stream else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,14 +66,20 @@ class HFBackend:
 
 
 class GGUFBackend:
-    """A .gguf file run by llama.cpp with an F32 KV cache and plain attention, so F32 files match transformers."""
+    """A .gguf file run by llama.cpp (with plain attention) or by edgekit's C runtime, with an F32 KV cache, so
+    F32 files match transformers."""
 
-    def __init__(self, path: Path, ctx: int) -> None:
-        from edgekit.runtime.backends.llamacpp import LlamaCppModel
-
+    def __init__(self, path: Path, ctx: int, backend: str = "llamacpp") -> None:
         self.path = path
-        self._llm: LlamaCppModel | None = LlamaCppModel(path, n_ctx=ctx, n_batch=ctx, kv_f32=True,
-                                                                flash_attn=False)
+        self._llm: Any
+        if backend == "native":
+            from edgekit.runtime.backends.native import NativeModel
+
+            self._llm = NativeModel(path, n_ctx=ctx, n_batch=ctx, kv_f32=True)
+        else:
+            from edgekit.runtime.backends.llamacpp import LlamaCppModel
+
+            self._llm = LlamaCppModel(path, n_ctx=ctx, n_batch=ctx, kv_f32=True, flash_attn=False)
         self.vocab_size = self._llm.n_vocab
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
@@ -132,36 +138,48 @@ def check_model_path(path: Path) -> None:
         raise EdgekitError(f"{path}: unsupported model file (expected .gguf, .pte or a Hugging Face directory)")
 
 
-def open_model(path: str | Path, *, ctx: int = 512) -> Backend:
-    """The backend for a model path: a HF directory, a .gguf or a .pte file; ctx is the longest sequence."""
+def open_model(path: str | Path, *, ctx: int = 512, backend: str = "llamacpp") -> Backend:
+    """The backend for a model path: a HF directory, a .gguf or a .pte file; ctx is the longest sequence;
+    backend: who runs a .gguf ("llamacpp" or "native")."""
     path = Path(path)
     check_model_path(path)
     if path.is_dir():
         return HFBackend(path)
+    if path.suffix.lower() == ".gguf":
+        return GGUFBackend(path, ctx, backend)
     return FILE_BACKENDS[path.suffix.lower()](path, ctx)
 
 
-def llama_cpp_tokenizer(path: Path) -> Tokenizer:
-    """llama.cpp's own tokenizer of a GGUF (for a GGUF evaluated without a HF tokenizer)."""
-    from edgekit.runtime.backends.llamacpp import Vocab
+def gguf_tokenizer(path: Path, backend: str = "llamacpp") -> Tokenizer:
+    """A GGUF's own tokenizer, as the runtime that scores it tokenizes (for a GGUF evaluated without a HF
+    tokenizer): llama.cpp's, or edgekit's C runtime's (equal to llama.cpp's; needs no llama.cpp)."""
+    if backend == "native":
+        from edgekit.native.runtime import Model as NativeVocab
 
-    vocab = Vocab.open(path)  # kept alive by the closures below
+        native = NativeVocab(path)  # kept alive by the closures below
+        tokenize, bos, eos, n_vocab = native.tokenize, native.info.bos, native.info.eos, native.info.n_vocab
+        label = "edgekit native"
+    else:
+        from edgekit.runtime.backends.llamacpp import Vocab
+
+        vocab = Vocab.open(path)
+        tokenize, bos, eos, n_vocab = vocab.tokenize, vocab.bos, vocab.eos, vocab.n_vocab
+        label = "llama.cpp"
 
     def encode(text: str) -> list[int]:
         # special-token text in the data becomes the special token, as HF tokenizers do
-        return vocab.tokenize(text) if text else []
+        return tokenize(text) if text else []
 
-    plain, full = encode("a"), vocab.tokenize("a", add_special=True)
+    plain, full = encode("a"), tokenize("a", add_special=True)
     prefix = next((full[:s] for s in range(len(full) - len(plain) + 1) if full[s:s + len(plain)] == plain), [])
-    bos, eos = vocab.bos, vocab.eos
     specials = sorted({i for i in (bos, eos) if i >= 0})
-    return Tokenizer(name=f"{path} (llama.cpp)", source=path, encode=encode, prefix=list(prefix),
-                     eos=eos if eos >= 0 else None, size=vocab.n_vocab,
+    return Tokenizer(name=f"{path} ({label})", source=path, encode=encode, prefix=list(prefix),
+                     eos=eos if eos >= 0 else None, size=n_vocab,
                      special_ids=specials, token_texts=lambda ids: gguf_token_texts(path, ids))
 
 
-def choose_tokenizer(model: Path, ref: Path | None, tokenizer: Path | None) -> Tokenizer:
-    """An explicit tokenizer, else a HF one (reference first), else llama.cpp's of a GGUF."""
+def choose_tokenizer(model: Path, ref: Path | None, tokenizer: Path | None, backend: str = "llamacpp") -> Tokenizer:
+    """An explicit tokenizer, else a HF one (reference first), else the GGUF's own (as `backend` tokenizes)."""
     if tokenizer is not None:
         if not Path(tokenizer).is_dir():
             raise EdgekitError(f"{tokenizer}: tokenizer must be a Hugging Face directory (tokenizer.json, ...)")
@@ -175,7 +193,7 @@ def choose_tokenizer(model: Path, ref: Path | None, tokenizer: Path | None) -> T
             return hf_tokenizer(p.parent)
     for p in candidates:
         if p.suffix.lower() == ".gguf":
-            return llama_cpp_tokenizer(p)
+            return gguf_tokenizer(p, backend if p == model else "llamacpp")
     raise EdgekitError(f"{model}: no tokenizer to use; pass --tokenizer with a Hugging Face directory")
 
 

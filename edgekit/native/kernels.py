@@ -1,9 +1,9 @@
 """Matmul kernels of libedgekit from Python: numpy in, numpy out.
 
 Weights are raw ggml rows (what a GGUF tensor holds, or what ``edgekit.native.quantize.quantize``
-returns) of F32, F16, Q8_0, Q4_K or Q6_K; activations are float32. ``matmul`` computes
-``x @ W.T`` the way ggml does: activations are first quantized to Q8_0 (for Q8_0 weights) or Q8_K
-(for Q4_K / Q6_K) blocks, then integer dot products run in the best SIMD level this CPU has.
+returns) of F32, F16, BF16, Q8_0, Q5_0, Q5_1, Q4_K or Q6_K; activations are float32. ``matmul`` computes
+``x @ W.T`` the way ggml does: activations are first quantized to Q8_0 (for Q8_0 / Q5_0 weights), Q8_1
+(Q5_1), Q8_K (Q4_K / Q6_K) or BF16 (BF16), then integer dot products run in the best SIMD level this CPU has.
 
 Buffers go to C as pointers, without copies when they are already C-contiguous.
 """
@@ -21,7 +21,8 @@ from gguf import GGMLQuantizationType as QT
 from edgekit.native import lib
 
 #: weight types with kernels, and the block size their rows are made of
-KERNEL_TYPES: dict[QT, int] = {QT.F32: 1, QT.F16: 1, QT.Q8_0: 32, QT.Q4_K: 256, QT.Q6_K: 256}
+KERNEL_TYPES: dict[QT, int] = {QT.F32: 1, QT.F16: 1, QT.BF16: 1, QT.Q8_0: 32, QT.Q5_0: 32, QT.Q5_1: 32, QT.Q4_K: 256,
+                               QT.Q6_K: 256}
 #: every level the library knows, lowest first per architecture
 LEVELS = ("scalar", "avx2", "avxvnni", "avx512vnni", "neon", "dotprod", "i8mm")
 

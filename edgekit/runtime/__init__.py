@@ -40,23 +40,36 @@ def model_file(path: str | Path, verify: bool = True) -> Path:
     return path
 
 
-def load(path: str | Path, *, n_ctx: int | None = None, verify: bool = True, **options: Any) -> Model:
+GGUF_BACKENDS = ("llamacpp", "native")  # who runs a .gguf: llama.cpp (llama-cpp-python) or edgekit's C runtime
+
+
+def load(path: str | Path, *, n_ctx: int | None = None, verify: bool = True, backend: str | None = None,
+         **options: Any) -> Model:
     """Load a model for inference; the backend follows the file's format (the suffix, else its first bytes).
     A bundle directory's files are checked against its manifest's sha256 first (verify=False skips the hashing,
     e.g. for a big model an app has already checked once).
 
     n_ctx: context length (GGUF: default the model's, at most 4096; .pte: at most the program's cache).
+    backend: for a .gguf, "llamacpp" (the default) or "native" (edgekit's own C runtime, libedgekit).
     GGUF options: threads, n_batch, kv_f32 (F32 KV cache, for exact comparisons)."""
+    if backend not in (None, *GGUF_BACKENDS):
+        raise EdgekitError(f"unknown backend {backend!r} (choose from {', '.join(GGUF_BACKENDS)})")
     f = model_file(path, verify)
     fmt = FORMATS.get(f.suffix.lower())
     if fmt is None:
         with open(f, "rb") as fh:
             fmt = "gguf" if fh.read(4) == b"GGUF" else None
     if fmt == "gguf":
+        if backend == "native":
+            from edgekit.runtime.backends.native import NativeModel
+
+            return NativeModel(f, n_ctx=n_ctx, **options)
         from edgekit.runtime.backends.llamacpp import LlamaCppModel
 
         return LlamaCppModel(f, n_ctx=n_ctx, **options)
     if fmt == "pte":
+        if backend is not None:
+            raise EdgekitError(f"{f}: a .pte runs on ExecuTorch only (--backend is for .gguf models)")
         if options:
             raise EdgekitError(f"{f}: options {', '.join(options)} are for .gguf models only")
         from edgekit.runtime.backends.executorch import PteModel

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,45 @@ def _model_files(model: Path) -> list[Path]:
     return [model, *(p for p in extra if p.is_file())]
 
 
+JAVA_PACKAGE = "dev.edgekit"
+
+
+def _java_sources(libdir: Path) -> list[Path]:
+    """dev.edgekit's .java files: installed beside libedgekit (edgekit/java), else a source checkout's native/java."""
+    package = Path(__file__).resolve().parents[1]
+    for root in (libdir / "java", package / "java", package.parent / "native" / "java"):
+        found = sorted((root / "dev" / "edgekit").glob("*.java"))
+        if found:
+            return found
+    return []
+
+
+def _native_runtime() -> tuple[list[tuple[Path, str]], dict[str, Any]]:
+    """What an app needs of edgekit's C runtime, as this install has it: libedgekit and the JNI glue
+    (libedgekit_jni, built with the package when a JDK was found) for this machine's OS and architecture, and
+    the Java sources; as (source, path in the bundle) pairs and the manifest's "runtime" entry."""
+    from edgekit.native import lib
+
+    libedgekit = Path(lib()._name).resolve()
+    jni = libedgekit.with_name(libedgekit.name.replace("libedgekit", "libedgekit_jni"))
+    host = f"{sys.platform}-{platform.machine().lower()}"
+    libdir = f"lib/{host}"
+    files = [(libedgekit, f"{libdir}/{libedgekit.name}")]
+    if jni.is_file():
+        files.append((jni, f"{libdir}/{jni.name}"))
+    java = _java_sources(libedgekit.parent)
+    files += [(j, f"java/dev/edgekit/{j.name}") for j in java]
+    entry = {
+        "backend": "native", "java_package": JAVA_PACKAGE if java else None,
+        "libraries": {"dir": libdir, "host": host, "android_abi": None, "jni": jni.is_file()},
+    }
+    return files, entry
+
+
 def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sampling: Any = None) -> Path:
-    """Write a bundle of the model for `target` into out_dir (which must not exist, or be empty)."""
+    """Write a bundle of the model for `target` into out_dir (which must not exist, or be empty). An Android
+    bundle of a GGUF that edgekit's C runtime runs also carries that runtime (this machine's build) and its Java
+    classes."""
     from edgekit.runtime import SamplingParams, load, model_file
 
     if target not in TARGETS:
@@ -53,7 +92,19 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
     if not out.parent.resolve().is_dir():
         raise EdgekitError(f"{out}: directory {out.parent} does not exist")
     src = model_file(model_path)
-    model = load(src)  # the bundle describes what a runtime really loads (and a broken file fails here)
+    runtime_files: list[tuple[Path, str]] = []
+    runtime = None
+    model = None
+    if target == "android" and src.suffix != ".pte":
+        try:  # the app would run it on libedgekit: the bundle describes what that runtime loads
+            model = load(src, backend="native")
+            runtime_files, runtime = _native_runtime()
+        except (EdgekitError, OSError):  # a GGUF the C runtime cannot run (architecture, tensor type), or no
+            if model is not None:         # libedgekit in this install: llama.cpp's note instead
+                model.close()
+            model = None
+    if model is None:
+        model = load(src)  # the bundle describes what a runtime really loads (and a broken file fails here)
     try:
         info = model.info()
         stop_tokens = [{"id": i, "text": model.token_text(i)} for i in sorted(model.stop_ids)]
@@ -73,6 +124,8 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
         "files": [],
         "created_by": {"edgekit": __version__},
     }
+    if runtime:
+        manifest["runtime"] = runtime
     try:
         tmp = temp_path(out, directory=True)
     except OSError as e:
@@ -81,9 +134,11 @@ def make_bundle(model_path: str | Path, target: str, out_dir: str | Path, *, sam
     os.umask(umask)
     try:
         tmp.chmod(0o777 & ~umask)  # as a directory made by the user, whatever umask the temp path got
-        for f in files:
-            shutil.copyfile(f, tmp / f.name)
-            manifest["files"].append({"path": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(tmp / f.name)})
+        for f, name in [(f, f.name) for f in files] + runtime_files:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, tmp / name)
+            manifest["files"].append({"path": name, "bytes": (tmp / name).stat().st_size,
+                                      "sha256": sha256_file(tmp / name)})
         (tmp / "README.md").write_text(integration_note(manifest), encoding="utf-8")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if out.exists():
@@ -162,7 +217,49 @@ _RUN = {
         "`edgekit.load(\".\")` (needs `pip install 'edgekit[pte]'`)."),
 }
 
-_BACKEND_NAMES = {"llama.cpp": "llama.cpp", "executorch": "ExecuTorch"}
+_BACKEND_NAMES = {"llama.cpp": "llama.cpp", "executorch": "ExecuTorch", "native": "edgekit's C runtime (libedgekit)"}
+
+
+def _runtime_note(man: dict[str, Any]) -> list[str]:
+    """How an Android app runs the model on libedgekit through the dev.edgekit Java classes."""
+    rt, model = man["runtime"], man["model"]["file"]
+    libs = rt["libraries"]
+    jni = ("`libedgekit_jni.so`, the JNI glue, and `libedgekit.so`" if libs["jni"] else
+           "`libedgekit.so` only: this edgekit was built without a JDK, so the JNI glue (`libedgekit_jni.so`, "
+           "from `native/jni/edgekit_jni.c`) is missing; rebuild edgekit with a JDK installed, or build it with the "
+           "NDK as below")
+    return [
+        f"Run `{model}` on edgekit's C runtime with the Java classes in `java/` (package `{rt['java_package']}`: "
+        "copy them into the app's sources; `java/` and `lib/` are not assets).",
+        "",
+        f"- `{libs['dir']}/` holds {jni}, built for **{libs['host']}**, the machine this bundle was made on: a "
+        "desktop JVM can run them (`java -Djava.library.path=" + libs["dir"] + " ...`), an Android device cannot. "
+        "For the app, build both for `arm64-v8a` with the Android NDK (not on the machine that made this bundle) "
+        "from edgekit's source tree and put them in `src/main/jniLibs/arm64-v8a/`:",
+        "",
+        "  ```sh",
+        "  cmake -S . -B build-android -DCMAKE_TOOLCHAIN_FILE=$ANDROID_NDK/build/cmake/android.toolchain.cmake \\",
+        "        -DANDROID_ABI=arm64-v8a -DANDROID_PLATFORM=android-24 -DCMAKE_BUILD_TYPE=Release -DEDGEKIT_JNI=ON",
+        "  cmake --build build-android   # native/libedgekit.so, native/libedgekit_jni.so",
+        "  ```",
+        "",
+        "- In the app (after copying the model out of the APK, see above):",
+        "",
+        "  ```java",
+        f"  try (EdgekitModel model = EdgekitModel.load(new File(context.getFilesDir(), \"{model}\").getPath());",
+        "       EdgekitSession session = model.newSession(new EdgekitSession.Params().nCtx("
+        f"{min(int(man['context_length']), 4096)}))) {{",
+        "      String reply = session.chat(Collections.singletonList(Message.user(\"Hello!\")),",
+        "              new Sampling().temperature(0.7f),",
+        "              piece -> { runOnUiThread(() -> view.append(piece)); return false; });  // true stops",
+        "      Log.i(\"edgekit\", session.stats().toString());",
+        "  }",
+        "  ```",
+        "",
+        "  Generate on a worker thread; `session.abort()` from any thread stops it; `close()` frees the session and "
+        "the model (the model closes its sessions). With R8/ProGuard add `-keep class dev.edgekit.** { *; }` (the "
+        "JNI glue calls some methods by name).",
+    ]
 
 _SHIP = {
     "android": ("Ship the directory in `assets/`. Assets are compressed inside the APK and cannot be memory-mapped: "
@@ -177,6 +274,8 @@ def integration_note(man: dict[str, Any]) -> str:
     """README.md of a bundle: what is in it and how an app on the target uses it."""
     model = man["model"]["file"]
     run = _RUN[(man["format"], man["target"])].format(model=model, model_stem=Path(model).stem)
+    if man.get("runtime"):
+        run = "\n".join(_runtime_note(man)) + "\n\nOr, instead: " + run
     stops = ", ".join(f"{t['id']} ({t['text']!r})" if t.get("text") else str(t["id"]) for t in man["stop_tokens"])
     template = ("the Jinja template in `manifest.json` (`chat_template`), rendered as Hugging Face transformers "
                 "does" if man["chat_template"] else "none (a base model): use plain text prompts")

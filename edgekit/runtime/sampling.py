@@ -67,8 +67,9 @@ def filter_mask(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0, min_p: f
     the probability of the most likely one. The most likely token always survives."""
     z = np.asarray(logits, dtype=np.float64)
     if 0 < top_k < z.size:  # only the k best need sorting (a big vocabulary costs an argsort per token)
-        cand = np.argpartition(-z, top_k - 1)[:top_k]
-        order = cand[np.lexsort((cand, -z[cand]))]  # most likely first; equal logits by id
+        kth = -np.partition(-z, top_k - 1)[top_k - 1]  # the k-th largest logit
+        cand = np.flatnonzero(z >= kth)  # every token tied with it too, so the cut keeps the lowest ids
+        order = cand[np.lexsort((cand, -z[cand]))][:top_k]  # most likely first; equal logits by id
     else:
         order = np.argsort(-z, kind="stable")
     n = order.size

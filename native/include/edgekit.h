@@ -17,6 +17,7 @@ enum ek_type {
     EK_TYPE_Q5_0 = 6,
     EK_TYPE_Q5_1 = 7,
     EK_TYPE_Q8_0 = 8,
+    EK_TYPE_Q8_1 = 9,  /* activations only (for Q5_1): fp16 d, fp16 s = d * sum(qs), int8 qs[32] */
     EK_TYPE_Q4_K = 12,
     EK_TYPE_Q6_K = 14,
     EK_TYPE_Q8_K = 15, /* activations only: 256 values, float d, int8 qs[256], int16 bsums[16] */
@@ -26,7 +27,7 @@ enum ek_type {
 /* Library version string, e.g. "0.1.0". */
 const char *ek_version(void);
 
-/* Bytes one row of n_per_row values takes in `type` (F32, F16, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, Q8_K); 0 if the
+/* Bytes one row of n_per_row values takes in `type` (F32, F16, BF16, Q5_0, Q5_1, Q8_0, Q8_1, Q4_K, Q6_K, Q8_K); 0 if the
  * type is unsupported or n_per_row is not a positive multiple of its block size. */
 size_t ek_row_size(int type, int64_t n_per_row);
 
@@ -97,16 +98,17 @@ const char *ek_kernel_impl(int type);
  * Y = X @ W^T with W as ggml stores a 2-D weight: nrows rows of ncols values, each row a run of
  * blocks of `type`; X: ntokens rows of ncols float32; Y: ntokens rows of nrows float32
  * (y[t*nrows + r] = dot(W row r, X row t)).
- * Activations are quantized first, as ggml does: to Q8_0 blocks for Q8_0 weights and to Q8_K
- * for Q4_K / Q6_K; F16 and F32 weights meet float32 activations (F16 widened exactly).
+ * Activations are quantized first, as ggml does: to Q8_0 blocks for Q8_0 / Q5_0 weights, Q8_1 for
+ * Q5_1, Q8_K for Q4_K / Q6_K and BF16 for BF16; F16 and F32 weights meet float32 activations (F16
+ * widened exactly).
  * nthreads <= 0 uses every online CPU; threads come from a persistent pool created on first
  * use. Rows split over threads, so results do not depend on the thread count. y must not
  * overlap w or x.
  * Functions returning int give 0 on success, a negative value on bad input (message in
  * ek_last_error). */
 
-/* Type activations are quantized to for weights of `type` (EK_TYPE_Q8_0, EK_TYPE_Q8_K or
- * EK_TYPE_F32); -1 if the type has no kernels. */
+/* Type activations are quantized to for weights of `type` (EK_TYPE_Q8_0, EK_TYPE_Q8_1, EK_TYPE_Q8_K,
+ * EK_TYPE_BF16 or EK_TYPE_F32); -1 if the type has no kernels. */
 int ek_vec_type(int type);
 
 /* Quantize ntokens rows of ncols float32 activations to ek_vec_type(type) rows in dst
@@ -182,7 +184,7 @@ typedef struct ek_session_params {
     int32_t n_threads;       /* decode threads; 0: the physical cores, at most 8 */
     int32_t n_threads_batch; /* prefill threads; 0: n_threads */
     int32_t n_batch;         /* most tokens per forward pass; 0: 512 */
-    int32_t kv_type;         /* EK_TYPE_F16 (0: default) or EK_TYPE_F32 */
+    int32_t kv_f32;          /* 1: an F32 KV cache (exact comparisons); 0: F16 (EK_TYPE_F32 is 0, so no type id) */
 } ek_session_params;
 
 ek_status ek_session_new(const ek_model *model, const ek_session_params *params, ek_session **out);
@@ -193,32 +195,39 @@ void ek_session_free(ek_session *session);
  * logits_all. EK_CONTEXT_FULL if pos + n > n_ctx, EK_ABORTED if aborted between batches (the cache
  * then holds the batches that finished: ek_session_n_past says how many). */
 ek_status ek_decode(ek_session *session, const int32_t *tokens, int32_t n, int32_t pos, int logits_all);
+/* (n = 0 only forgets the positions at and after pos.) */
 /* Logits (n_vocab floats) of row i of the last ek_decode: 0..n-1 with logits_all, else only i = -1 (the
  * last token). NULL if there is no such row. Valid until the next call on the session. */
 const float *ek_logits(const ek_session *session, int32_t i);
 /* Positions in the KV cache. */
 int32_t ek_session_n_past(const ek_session *session);
 
-/* Ask a running call on the session (decode, generate, chat) to stop at the next token or batch; callable
- * from any thread. The call returns EK_ABORTED and the flag clears. */
+/* Ask a running call on the session (decode, generate, chat) to stop at the next token, layer or batch;
+ * callable from any thread. The call returns EK_ABORTED and the flag clears; a flag set while no call runs
+ * stops the next call before its first batch. */
 void ek_abort(ek_session *session);
 
 /* ---- text ---- */
 
-/* Tokens of len bytes of UTF-8 text, as llama.cpp tokenizes (pre-tokenizer from tokenizer.ggml.pre: gpt2,
- * llama-bpe, qwen2, smollm...; or SentencePiece). add_special: prepend bos when the model asks for it;
- * parse_special: text of special tokens ("<|im_end|>") becomes those tokens. Writes at most cap ids and sets
- * *n_out to the count; EK_ERR_BUFFER if cap was too small (*n_out is then the count needed). */
+/* Tokens of len bytes of UTF-8 text, as llama.cpp tokenizes (byte-level BPE with the pre-tokenizer named by
+ * tokenizer.ggml.pre: gpt-2, llama-bpe, qwen2, smollm; or SentencePiece BPE with byte fallback). Invalid UTF-8
+ * is read as llama.cpp reads it (each bad byte a U+FFFD). add_special: prepend bos (append eos) when the model
+ * asks for it; parse_special: text of control tokens ("<|im_end|>") becomes those tokens (user-defined tokens
+ * always do). Writes at most cap ids and sets *n_out to the count; EK_ERR_BUFFER if cap was too small
+ * (*n_out is then the count needed). A model without tokenizer.ggml.tokens: EK_ERR_INVALID. */
 ek_status ek_tokenize(const ek_model *model, const char *text, size_t len, int add_special, int parse_special,
                       int32_t *out, int32_t cap, int32_t *n_out);
-/* Bytes of one token (a byte-level BPE token may be part of a UTF-8 character); special tokens give their
- * text only if special != 0, else "". Writes at most cap bytes (no NUL) and sets *n_out; EK_ERR_BUFFER as above. */
+/* Bytes of one token, as llama.cpp's llama_token_to_piece (a byte-level BPE token may be part of a UTF-8
+ * character); control tokens give their text only if special != 0, else "". Writes at most cap bytes (no NUL)
+ * and sets *n_out; EK_ERR_BUFFER as above; EK_ERR_INVALID for an id outside the vocabulary. */
 ek_status ek_token_to_piece(const ek_model *model, int32_t token, int special, char *buf, int32_t cap,
                             int32_t *n_out);
-/* Whether a token is a control token (not text). */
+/* Whether a token is a control token (not text): llama_vocab_is_control. */
 int ek_token_is_special(const ek_model *model, int32_t token);
 
-/* ---- sampling: the same chain and the same seeded stream as edgekit's Python sampler ---- */
+/* ---- sampling: the same chain and the same seeded stream as edgekit's Python sampler ----
+ * (edgekit/runtime/sampling.py): penalty, top-k, top-p, min-p at temperature 1 (most likely first, equal
+ * logits by lower id), temperature, one inverse-CDF draw from numpy's Generator(PCG64(seed)).random(). */
 
 typedef struct ek_sampling {
     float temperature;       /* 0: greedy */
@@ -229,7 +238,7 @@ typedef struct ek_sampling {
     int32_t repeat_last_n;   /* tokens the penalty looks at; 0: 64 */
     uint64_t seed;
     int32_t max_tokens;      /* ek_generate / ek_chat: most tokens to generate; 0: 256 */
-    int32_t ignore_eos;      /* never sample stop tokens */
+    int32_t ignore_eos;      /* never sample stop tokens (their logits become -inf) */
 } ek_sampling;
 
 /* edgekit's defaults (llama.cpp's): temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, no penalty. */
@@ -238,7 +247,8 @@ ek_sampling ek_sampling_default(void);
 typedef struct ek_sampler ek_sampler;
 ek_status ek_sampler_new(const ek_sampling *params, ek_sampler **out);
 void ek_sampler_free(ek_sampler *sampler);
-/* Draw a token from n_vocab logits; recent: the last n_recent tokens of the sequence (for the penalty). */
+/* Draw a token from n_vocab logits; recent: the last n_recent tokens of the sequence (for the penalty; may be
+ * NULL if n_recent is 0). Returns the token, or -1 on bad input (message in ek_last_error). */
 int32_t ek_sampler_sample(ek_sampler *sampler, const float *logits, int32_t n_vocab, const int32_t *recent,
                           int32_t n_recent);
 
@@ -251,7 +261,9 @@ typedef struct ek_message {
 
 /* Render messages with the model's chat template (tokenizer.chat_template, recognised as one of the
  * families edgekit meets: ChatML/Qwen, Llama 3, Mistral/Llama 2 [INST], Phi-3, Zephyr; EK_ERR_UNSUPPORTED for
- * another). Writes at most cap bytes plus a NUL and sets *n_out to the length; EK_ERR_BUFFER as above. */
+ * another or none), byte for byte as Jinja renders it; EK_ERR_INVALID where the template itself refuses the
+ * conversation (roles that do not alternate, a system message it has no place for). Writes at most cap bytes
+ * plus a NUL and sets *n_out to the length (NUL excluded); EK_ERR_BUFFER as above (cap 0 asks the size). */
 ek_status ek_chat_format(const ek_model *model, const ek_message *messages, size_t n, int add_generation_prompt,
                          char *buf, size_t cap, size_t *n_out);
 
@@ -259,11 +271,15 @@ ek_status ek_chat_format(const ek_model *model, const ek_message *messages, size
 typedef int (*ek_piece_fn)(const char *piece, size_t len, void *user);
 
 /* Tokenize prompt (add_special, parse_special), reuse the cached prefix it shares with the session's
- * sequence, prefill the rest, then sample until a stop token, max_tokens or a full context, streaming the
- * text through on_piece. The session keeps the sequence, so a following call continues from it. */
+ * sequence, prefill the rest, then sample until a stop token (eos, eot and the end-of-turn markers that are
+ * single control tokens; not passed on), max_tokens, on_piece returning nonzero (all EK_OK) or a full context
+ * (EK_CONTEXT_FULL), streaming the text through on_piece (may be NULL): whole UTF-8 characters, ill-formed
+ * bytes as U+FFFD, a SentencePiece model's first prefix space dropped (as llama.cpp's detokenizer and edgekit's
+ * Python side give the text). The session keeps the sequence, so a following call reuses what it shares. */
 ek_status ek_generate(ek_session *session, const char *prompt, const ek_sampling *sampling, ek_piece_fn on_piece,
                       void *user);
-/* ek_chat_format(messages, add_generation_prompt=1), then ek_generate. */
+/* ek_chat_format(messages, add_generation_prompt=1), then ek_generate on that text without add_special (the
+ * template writes the special tokens it wants, bos included, as text). */
 ek_status ek_chat(ek_session *session, const ek_message *messages, size_t n, const ek_sampling *sampling,
                   ek_piece_fn on_piece, void *user);
 

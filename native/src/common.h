@@ -36,6 +36,30 @@ typedef struct {
     uint16_t d;
 } ek_block_q6_k;
 
+/* Q5_0: 32 values of 5 bits: low nibbles in qs (value j and j+16 share byte j), fifth bits in qh
+ * (bit j of the little-endian u32 for value j); value = d * (q - 16). */
+typedef struct {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[EK_QK8_0 / 2];
+} ek_block_q5_0;
+
+/* Q5_1: as Q5_0 with an offset instead of the -16: value = d * q + m. */
+typedef struct {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[EK_QK8_0 / 2];
+} ek_block_q5_1;
+
+/* Q8_1 (activations for Q5_1): Q8_0 plus s = d * sum(qs), which carries Q5_1's offset. */
+typedef struct {
+    uint16_t d, s;
+    int8_t qs[EK_QK8_0];
+} ek_block_q8_1;
+
+_Static_assert(sizeof(ek_block_q5_0) == 22, "block_q5_0 must be 22 bytes");
+_Static_assert(sizeof(ek_block_q5_1) == 24, "block_q5_1 must be 24 bytes");
+_Static_assert(sizeof(ek_block_q8_1) == 36, "block_q8_1 must be 36 bytes");
 _Static_assert(sizeof(ek_block_q8_0) == 34, "block_q8_0 must be 34 bytes");
 _Static_assert(sizeof(ek_block_q4_k) == 144, "block_q4_K must be 144 bytes");
 _Static_assert(sizeof(ek_block_q6_k) == 210, "block_q6_K must be 210 bytes");
@@ -43,6 +67,20 @@ _Static_assert(sizeof(ek_block_q6_k) == 210, "block_q6_K must be 210 bytes");
 /* IEEE binary16 conversions; fp32 -> fp16 rounds to nearest, ties to even (as ggml does). */
 uint16_t ek_fp32_to_fp16(float f);
 float ek_fp16_to_fp32(uint16_t h);
+
+/* bfloat16: the top half of a binary32; fp32 -> bf16 rounds to nearest, ties to even (as ggml). */
+static inline float ek_bf16_to_fp32(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t ek_fp32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64); /* NaN stays quiet */
+    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
 
 /* Round to the nearest integer, ties to even, for |f| < 2^22: adding 1.5*2^23 leaves the
  * rounded integer in the low mantissa bits. Out of that range the result is the same

@@ -60,6 +60,7 @@ typedef struct {
     int level;
     ek_type_kernels f32, f16, q8_0, q4_k, q6_k;
     ek_act_fn act_q8_0, act_q8_k; /* the inline quantizers below, compiled with this level's flags */
+    ek_type_kernels bf16, q5_0, q5_1; /* a level without them (dot NULL) runs the scalar ones */
 } ek_kernel_set;
 
 extern const ek_kernel_set ek_kernels_scalar;
@@ -76,6 +77,9 @@ extern const ek_kernel_set ek_kernels_dotprod, ek_kernels_i8mm;
 /* The kernel set in use (cpu.c), and the error message of this thread's last failed call. */
 const ek_kernel_set *ek_kernels(void);
 void ek_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Run fn on up to nth threads of matmul's persistent pool (ith in 0..nth-1). The pool may run
+ * it on fewer threads (even just the caller, with nth = 1): split work through a shared counter. */
+void ek_parallel(void (*fn)(void *arg, int ith, int nth), void *arg, int nth);
 
 /* Round to nearest, ties to even, after clamping to [lo, hi] (|lo|, |hi| < 2^22; NaN -> lo):
  * adding and removing 1.5*2^23 rounds in the FPU's default mode, the same integer ek_nearest_int
@@ -113,6 +117,31 @@ static inline void ek_act_q8_0(const float *x, void *dst, int64_t n) {
         /* the clamp only matters when 1/d overflows (subnormal inputs) */
         for (int i = 0; i < EK_QK8_0; i++) y[b].qs[i] = (int8_t)ek_round_clamp(x[i] * id, -127.0f, 127.0f);
     }
+}
+
+/* Q8_1 activations (for Q5_1): Q8_0's rounding, plus s = d * (sum of the quantized values). */
+static inline void ek_act_q8_1(const float *x, void *dst, int64_t n) {
+    ek_block_q8_1 *y = (ek_block_q8_1 *)dst;
+    for (int64_t b = 0; b < n / EK_QK8_0; b++, x += EK_QK8_0) {
+        const uint32_t bits = ek_amax_bits(x, EK_QK8_0);
+        float amax;
+        memcpy(&amax, &bits, 4);
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < EK_QK8_0; i++) {
+            y[b].qs[i] = (int8_t)ek_round_clamp(x[i] * id, -127.0f, 127.0f);
+            sum += y[b].qs[i];
+        }
+        y[b].d = ek_fp32_to_fp16(d);
+        y[b].s = ek_fp32_to_fp16((float)sum * d);
+    }
+}
+
+/* BF16 activations (for BF16 weights, as ggml's vec_dot_type). */
+static inline void ek_act_bf16(const float *x, void *dst, int64_t n) {
+    uint16_t *y = (uint16_t *)dst;
+    for (int64_t i = 0; i < n; i++) y[i] = ek_fp32_to_bf16(x[i]);
 }
 
 /* Q8_K activations, as ggml's quantize_row_q8_K_ref (which all ggml CPU backends use): the value

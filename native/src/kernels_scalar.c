@@ -79,6 +79,50 @@ static void dot_q6_k(int64_t n, const void *w, const void *x, float *s) {
     *s = sum;
 }
 
+static void dot_bf16(int64_t n, const void *w, const void *x, float *s) {
+    const uint16_t *a = (const uint16_t *)w, *b = (const uint16_t *)x;
+    double sum = 0.0; /* bf16 x bf16 products are exact in float */
+    for (int64_t i = 0; i < n; i++) sum += (double)(ek_bf16_to_fp32(a[i]) * ek_bf16_to_fp32(b[i]));
+    *s = (float)sum;
+}
+
+/* The 32 five-bit levels of a Q5_0/Q5_1 block (0..31). */
+static void q5_levels(const uint8_t qh4[4], const uint8_t qs[16], int q[32]) {
+    uint32_t qh;
+    memcpy(&qh, qh4, 4);
+    for (int j = 0; j < 16; j++) {
+        q[j] = (qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
+        q[j + 16] = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
+    }
+}
+
+static void dot_q5_0(int64_t n, const void *w, const void *x, float *s) {
+    const ek_block_q5_0 *a = (const ek_block_q5_0 *)w;
+    const ek_block_q8_0 *b = (const ek_block_q8_0 *)x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / EK_QK8_0; i++) {
+        int q[32], isum = 0;
+        q5_levels(a[i].qh, a[i].qs, q);
+        for (int k = 0; k < 32; k++) isum += (q[k] - 16) * b[i].qs[k];
+        sum += (float)isum * (ek_fp16_to_fp32(a[i].d) * ek_fp16_to_fp32(b[i].d));
+    }
+    *s = sum;
+}
+
+static void dot_q5_1(int64_t n, const void *w, const void *x, float *s) {
+    const ek_block_q5_1 *a = (const ek_block_q5_1 *)w;
+    const ek_block_q8_1 *b = (const ek_block_q8_1 *)x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / EK_QK8_0; i++) {
+        int q[32], isum = 0;
+        q5_levels(a[i].qh, a[i].qs, q);
+        for (int k = 0; k < 32; k++) isum += q[k] * b[i].qs[k];
+        sum += (float)isum * (ek_fp16_to_fp32(a[i].d) * ek_fp16_to_fp32(b[i].d)) +
+               ek_fp16_to_fp32(a[i].m) * ek_fp16_to_fp32(b[i].s);
+    }
+    *s = sum;
+}
+
 static void act_q8_0(const float *x, void *y, int64_t n) { ek_act_q8_0(x, y, n); }
 static void act_q8_k(const float *x, void *y, int64_t n) { ek_act_q8_k(x, y, n); }
 
@@ -92,4 +136,7 @@ const ek_kernel_set ek_kernels_scalar = {
     .q6_k = {"scalar", dot_q6_k, NULL, 1, 1},
     .act_q8_0 = act_q8_0,
     .act_q8_k = act_q8_k,
+    .bf16 = {"scalar", dot_bf16, NULL, 1, 1},
+    .q5_0 = {"scalar", dot_q5_0, NULL, 1, 1},
+    .q5_1 = {"scalar", dot_q5_1, NULL, 1, 1},
 };

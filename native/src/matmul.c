@@ -14,7 +14,7 @@
 
 #include "kernels.h"
 
-static _Thread_local char err_buf[256];
+static _Thread_local char err_buf[512];
 
 void ek_set_error(const char *fmt, ...) {
     va_list ap;
@@ -115,23 +115,37 @@ static void pool_run(task_fn fn, void *arg, int nth) {
     pthread_mutex_unlock(&pool_busy);
 }
 
+void ek_parallel(void (*fn)(void *arg, int ith, int nth), void *arg, int nth) { pool_run(fn, arg, nth); }
+
 /* ---- matmul ----------------------------------------------------------------------------------- */
-static const ek_type_kernels *type_kernels(const ek_kernel_set *k, int type) {
+static const ek_type_kernels *level_kernels(const ek_kernel_set *k, int type) {
     switch (type) {
     case EK_TYPE_F32: return &k->f32;
     case EK_TYPE_F16: return &k->f16;
+    case EK_TYPE_BF16: return &k->bf16;
     case EK_TYPE_Q8_0: return &k->q8_0;
+    case EK_TYPE_Q5_0: return &k->q5_0;
+    case EK_TYPE_Q5_1: return &k->q5_1;
     case EK_TYPE_Q4_K: return &k->q4_k;
     case EK_TYPE_Q6_K: return &k->q6_k;
     default: return NULL;
     }
 }
 
+/* A level that lacks a type's kernels runs the scalar ones. */
+static const ek_type_kernels *type_kernels(const ek_kernel_set *k, int type) {
+    const ek_type_kernels *t = level_kernels(k, type);
+    return t != NULL && t->dot == NULL ? level_kernels(&ek_kernels_scalar, type) : t;
+}
+
 int ek_vec_type(int type) {
     switch (type) {
     case EK_TYPE_F32:
     case EK_TYPE_F16: return EK_TYPE_F32;
-    case EK_TYPE_Q8_0: return EK_TYPE_Q8_0;
+    case EK_TYPE_BF16: return EK_TYPE_BF16;
+    case EK_TYPE_Q8_0:
+    case EK_TYPE_Q5_0: return EK_TYPE_Q8_0;
+    case EK_TYPE_Q5_1: return EK_TYPE_Q8_1;
     case EK_TYPE_Q4_K:
     case EK_TYPE_Q6_K: return EK_TYPE_Q8_K;
     default: return -1;
@@ -203,13 +217,14 @@ static int online_cpus(void) {
 static size_t check_args(int type, const void *w, int64_t nrows, int64_t ncols, const void *x, int64_t ntokens,
                          const float *y) {
     if (ek_vec_type(type) < 0) {
-        ek_set_error("no matmul kernels for ggml type %d (supported: F32=0, F16=1, Q8_0=8, Q4_K=12, Q6_K=14)", type);
+        ek_set_error("no matmul kernels for ggml type %d (supported: F32=0, F16=1, Q5_0=6, Q5_1=7, Q8_0=8, Q4_K=12, Q6_K=14, "
+                     "BF16=30)", type);
         return 0;
     }
     const size_t wrow = ek_row_size(type, ncols);
     if (wrow == 0) {
         ek_set_error("ncols=%lld is not a positive multiple of the type's block size (%s)", (long long)ncols,
-                     type == EK_TYPE_Q8_0 ? "32" : type == EK_TYPE_F32 || type == EK_TYPE_F16 ? "1" : "256");
+                     ek_vec_type(type) == EK_TYPE_Q8_K ? "256" : ek_vec_type(type) == EK_TYPE_F32 || type == EK_TYPE_BF16 ? "1" : "32");
         return 0;
     }
     if (nrows < 0 || ntokens < 0) {
@@ -298,6 +313,8 @@ size_t ek_quantize_activations(int type, const float *x, void *dst, int64_t ntok
         switch (vt) {
         case EK_TYPE_Q8_0: k->act_q8_0(row, out + (size_t)t * xrow, ncols); break;
         case EK_TYPE_Q8_K: k->act_q8_k(row, out + (size_t)t * xrow, ncols); break;
+        case EK_TYPE_Q8_1: ek_act_q8_1(row, out + (size_t)t * xrow, ncols); break;
+        case EK_TYPE_BF16: ek_act_bf16(row, out + (size_t)t * xrow, ncols); break;
         default: memcpy(out + (size_t)t * xrow, row, xrow); break;
         }
     }

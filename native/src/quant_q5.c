@@ -12,22 +12,6 @@
 
 #define QK5 32
 
-typedef struct {
-    uint16_t d;
-    uint8_t qh[4];
-    uint8_t qs[QK5 / 2];
-} block_q5_0;
-
-typedef struct {
-    uint16_t d;
-    uint16_t m;
-    uint8_t qh[4];
-    uint8_t qs[QK5 / 2];
-} block_q5_1;
-
-_Static_assert(sizeof(block_q5_0) == 22, "block_q5_0 must be 22 bytes");
-_Static_assert(sizeof(block_q5_1) == 24, "block_q5_1 must be 24 bytes");
-
 /* Levels 0..31 into the nibble and high-bit arrays. */
 static void pack5(const uint8_t *L, uint8_t qs[QK5 / 2], uint8_t qh_out[4]) {
     uint32_t qh = 0;
@@ -97,7 +81,7 @@ static float row_sigma2(const float *x, int64_t n) {
 }
 
 void ek_quantize_row_q5_0(const float *x, void *dst, int64_t n_per_row, const float *imatrix) {
-    block_q5_0 *out = (block_q5_0 *)dst;
+    ek_block_q5_0 *out = (ek_block_q5_0 *)dst;
     const int64_t nb = n_per_row / QK5;
     const float sigma2 = imatrix ? row_sigma2(x, n_per_row) : 0.0f;
     uint8_t L[QK5];
@@ -129,7 +113,7 @@ void ek_quantize_row_q5_0(const float *x, void *dst, int64_t n_per_row, const fl
 }
 
 void ek_quantize_row_q5_1(const float *x, void *dst, int64_t n_per_row, const float *imatrix) {
-    block_q5_1 *out = (block_q5_1 *)dst;
+    ek_block_q5_1 *out = (ek_block_q5_1 *)dst;
     const int64_t nb = n_per_row / QK5;
     const float sigma2 = imatrix ? row_sigma2(x, n_per_row) : 0.0f;
     uint8_t L[QK5];

@@ -26,10 +26,12 @@ const char *ek_version(void) { return "0.1.0"; }
 static int block_size(int type) {
     switch (type) {
     case EK_TYPE_F32:
-    case EK_TYPE_F16: return 1;
+    case EK_TYPE_F16:
+    case EK_TYPE_BF16: return 1;
+    case EK_TYPE_Q8_0:
+    case EK_TYPE_Q8_1:
     case EK_TYPE_Q5_0:
-    case EK_TYPE_Q5_1:
-    case EK_TYPE_Q8_0: return EK_QK8_0;
+    case EK_TYPE_Q5_1: return EK_QK8_0;
     case EK_TYPE_Q4_K:
     case EK_TYPE_Q6_K:
     case EK_TYPE_Q8_K: return EK_QK_K;
@@ -40,10 +42,12 @@ static int block_size(int type) {
 static size_t block_bytes(int type) {
     switch (type) {
     case EK_TYPE_F32: return 4;
-    case EK_TYPE_F16: return 2;
+    case EK_TYPE_F16:
+    case EK_TYPE_BF16: return 2;
+    case EK_TYPE_Q8_1: return sizeof(ek_block_q8_1);
+    case EK_TYPE_Q5_0: return sizeof(ek_block_q5_0);
+    case EK_TYPE_Q5_1: return sizeof(ek_block_q5_1);
     case EK_TYPE_Q8_K: return 292; /* float d, 256 int8, 16 int16 (kernels.h) */
-    case EK_TYPE_Q5_0: return 22; /* fp16 d, 4 bytes of fifth bits, 16 of nibbles (quant_q5.c) */
-    case EK_TYPE_Q5_1: return 24; /* the same plus an fp16 offset */
     case EK_TYPE_Q8_0: return sizeof(ek_block_q8_0);
     case EK_TYPE_Q4_K: return sizeof(ek_block_q4_k);
     case EK_TYPE_Q6_K: return sizeof(ek_block_q6_k);

@@ -32,9 +32,8 @@ GGML_TYPE_F32 = 0
 DEFAULT_CTX = 4096
 # llama.cpp's file types for the schemes edgekit offers, and whether the scheme is "pure" (one type for
 # every weight, no per-tensor rules).
-FTYPES = {"f16": (1, False), "bf16": (32, False), "q5_0": (8, False), "q5_1": (9, False), "q8_0": (7, False),
-          "q6_k": (18, False),
-          "q4_k": (14, True), "q4_k_m": (15, False)}
+FTYPES = {"f16": (1, False), "bf16": (32, False), "q8_0": (7, False), "q6_k": (18, False),
+          "q4_k": (14, True), "q4_k_m": (15, False), "q5_0": (8, False), "q5_1": (9, False)}
 _log_lines: collections.deque[str] = collections.deque(maxlen=40)
 
 
@@ -240,6 +239,7 @@ class LlamaCppModel(Model):
             cp = ll.llama_context_default_params()
             cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, 1
             cp.n_threads = cp.n_threads_batch = threads
+            cp.no_perf = False  # llama.cpp's own timings (`perf()`), the profiler's reference
             if kv_f32:
                 cp.type_k = cp.type_v = GGML_TYPE_F32
             if flash_attn is not None:
@@ -315,6 +315,15 @@ class LlamaCppModel(Model):
             out = self._ll.llama_get_logits(self._ctx)
             rows.append(np.ctypeslib.as_array(out, shape=(len(chunk), self.n_vocab)).copy())
         return np.concatenate(rows)
+
+    def perf(self, reset: bool = False) -> dict[str, float]:
+        """llama.cpp's own timings since the last reset (llama_perf_context): t_p_eval_ms / n_p_eval for
+        batches of several tokens, t_eval_ms / n_eval for single-token decodes. reset=True starts again."""
+        d = self._ll.llama_perf_context(self._ctx)
+        out = {k: float(getattr(d, k)) for k in ("t_load_ms", "t_p_eval_ms", "t_eval_ms", "n_p_eval", "n_eval")}
+        if reset:
+            self._ll.llama_perf_context_reset(self._ctx)
+        return out
 
     def close(self) -> None:
         ll = getattr(self, "_ll", None)
