@@ -3,8 +3,10 @@
 Both read the same weight bytes in ggml's block formats: edgekit through ``ek_matmul``, llama.cpp
 through ggml itself (libggml-base / libggml-cpu shipped inside llama-cpp-python, called with
 ctypes: one graph of ``ggml_mul_mat`` nodes computed on a persistent ggml threadpool, as llama.cpp
-decodes). Speed is GB/s of weights read. Every pass walks many distinct copies of the matrix,
-together well over the last-level cache, so the numbers are memory-bound ones, and they sit next
+decodes), twice: on the plain bytes, and with the weights in ggml's CPU_REPACK buffer (rearranged for
+its interleaved kernels: what llama.cpp loads by default, ``use_extra_bufts``, for the types it repacks
+on this CPU; the others it runs plain). Speed is GB/s of weights read. Every pass walks many distinct
+copies of the matrix, together well over the last-level cache, so the numbers are memory-bound ones, and they sit next
 to a measured memory-read bandwidth (a C read loop over 1 GiB, 1 and 2 threads).
 
     python benchmarks/gemv_vs_llamacpp.py                       # all types, shapes, levels; 1 and 2 threads
@@ -130,6 +132,7 @@ def measure(ggml: Ggml, qt: QT, shape, ntok: int, gib: float, threads: list[int]
     x = rng.standard_normal((ntok, ncols)).astype(np.float32)
     y_ek = np.empty((count, ntok, nrows), np.float32)
     y_gg = np.empty((count, ntok, nrows), np.float32)
+    y_rp = np.empty((count, ntok, nrows), np.float32)
     xp = x.ctypes.data_as(K._F32_P)
     wptrs = [w.ctypes.data + i * mbytes for i in range(count)]
     yptrs = [ctypes.cast(y_ek.ctypes.data + i * ntok * nrows * 4, K._F32_P) for i in range(count)]
@@ -138,8 +141,11 @@ def measure(ggml: Ggml, qt: QT, shape, ntok: int, gib: float, threads: list[int]
         # Round robin over the implementations, pass by pass, so that load from other processes
         # on a shared machine spreads over all of them alike; medians per implementation.
         run_gg, close = ggml.gemv_graph(qt, w, count, mbytes, shape, x, y_gg, nth)
+        repacked = ggml.gemv_graph(qt, w, count, mbytes, shape, x, y_rp, nth, repack=True)  # None: not repacked
         runners = {lv: ek_runner(qt, shape, ntok, wptrs, xp, yptrs, lv, nth) for lv in levels}
         runners["llama.cpp"] = run_gg
+        if repacked is not None:
+            runners["repacked"] = repacked[0]
         times: dict[str, list[float]] = {k: [] for k in runners}
         try:
             for fn in runners.values():
@@ -153,9 +159,12 @@ def measure(ggml: Ggml, qt: QT, shape, ntok: int, gib: float, threads: list[int]
                     times[k].append(time.perf_counter() - t)
         finally:
             close()
+            if repacked is not None:
+                repacked[1]()
         ek_runner(qt, shape, ntok, wptrs, xp, yptrs, levels[-1], nth)()
         # same answers? (ggml rounds F16-weight activations to F16: a looser match there)
-        diff = float(np.abs(y_ek - y_gg).max() / max(np.abs(y_gg).max(), 1e-30))
+        ref = y_rp if repacked is not None else y_gg
+        diff = float(np.abs(y_ek - ref).max() / max(np.abs(ref).max(), 1e-30))
         med = {k: statistics.median(v) for k, v in times.items()}
         rows.append((qt.name, f"{nrows}x{ncols}", nth, ntok, count * mbytes, med, diff))
         print(qt.name, shape, f"tokens={ntok}", f"threads={nth}", {k: f"{v * 1e3:.1f} ms" for k, v in med.items()},
@@ -216,7 +225,10 @@ def report(gemv, gemm, levels, bw, load0, load1, args) -> str:
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} CPUs, L3 {l3_size()}; features: {' '.join(K.features())}",
         f"- edgekit levels: {', '.join(levels)}; llama.cpp: libggml-cpu from llama-cpp-python (its own x86 build "
-        "flags, see .ci/setup), ggml_mul_mat graphs on a persistent ggml threadpool, on the same weight bytes",
+        "flags, see .ci/setup), ggml_mul_mat graphs on a persistent ggml threadpool, on the same weight bytes: "
+        "`plain` as they are in the GGUF, `repacked` copied into ggml's CPU_REPACK buffer type (rearranged for "
+        "its interleaved kernels, as llama.cpp's default `use_extra_bufts` loads them; `-`: ggml has no repacked "
+        "layout for this type on this CPU, and llama.cpp runs it plain)",
         f"- GEMV working set: >= {args.gib:g} GiB of distinct weight copies per pass (well over the L3); median "
         f"of {args.passes} passes after a warm-up, implementations interleaved pass by pass",
         f"- measured read bandwidth ({args.bw_how} over 1 GiB, median of 5): "
@@ -232,32 +244,41 @@ def report(gemv, gemm, levels, bw, load0, load1, args) -> str:
         "## GEMV (1 token)",
         "",
         "GB/s = bytes of weights read per second. ratio = top edgekit level (the one picked by default) / "
-        "llama.cpp. %bw = top edgekit level as a fraction of the measured read bandwidth at the same thread count. "
-        "maxdiff = max |edgekit - llama.cpp| / max |llama.cpp| over all outputs.",
+        "llama.cpp as it runs by default (repacked where ggml repacks, else plain). %bw = top edgekit level as "
+        "a fraction of the measured read bandwidth at the same thread count. "
+        "maxdiff = max |edgekit - llama.cpp| / max |llama.cpp| over all outputs (llama.cpp as it runs by default).",
         "",
-        "| type | shape (rows x cols) | threads | " + " | ".join(levels) + " | llama.cpp | ratio | %bw | maxdiff |",
-        "|---|---|---|" + "---|" * len(levels) + "---|---|---|---|",
+        "| type | shape (rows x cols) | threads | " + " | ".join(levels)
+        + " | llama.cpp plain | repacked | ratio | %bw | maxdiff |",
+        "|---|---|---|" + "---|" * len(levels) + "---|---|---|---|---|",
     ]
     for name, shape, nth, _ntok, total, med, diff in gemv:
         gbs = {k: total / v / 1e9 for k, v in med.items()}
-        best = gbs[levels[-1]]
+        best, theirs = gbs[levels[-1]], gbs.get("repacked", gbs["llama.cpp"])
         out.append(f"| {name} | {shape} | {nth} | " + " | ".join(f"{gbs[lv]:.1f}" for lv in levels)
-                   + f" | {gbs['llama.cpp']:.1f} | {best / gbs['llama.cpp']:.2f} | {100 * best / bw[nth]:.0f}% "
-                   f"| {diff:.1e} |")
+                   + f" | {gbs['llama.cpp']:.1f} | {_cell(gbs, 'repacked')} | {best / theirs:.2f} "
+                   f"| {100 * best / bw[nth]:.0f}% | {diff:.1e} |")
     if gemm:
-        simd = [k for k in gemm[0][5] if k != "llama.cpp"]
+        simd = [k for k in gemm[0][5] if k not in ("llama.cpp", "repacked")]
         out += ["", f"## GEMM ({gemm[0][3]} tokens: prefill)", "",
                 "GOP/s = 2 x rows x cols x tokens / time (multiply-adds, int8 or float). ratio = top edgekit "
-                "level / llama.cpp (which runs its own tiled K-quant path, llamafile sgemm for Q8_0/F16).", "",
-                "| type | shape (rows x cols) | tokens | threads | " + " | ".join(simd) + " | llama.cpp | ratio |",
-                "|---|---|---|---|" + "---|" * len(simd) + "---|---|"]
+                "level / llama.cpp as it runs by default (plain: its own tiled K-quant path, llamafile sgemm for "
+                "Q8_0/F16; repacked: its interleaved GEMM).", "",
+                "| type | shape (rows x cols) | tokens | threads | " + " | ".join(simd)
+                + " | llama.cpp plain | repacked | ratio |",
+                "|---|---|---|---|" + "---|" * len(simd) + "---|---|---|"]
         for name, shape, nth, ntok, total, med, _diff in gemm:
             r, c = (int(v) for v in shape.split("x"))
             count = total // (r * K.row_size(QT[name], c))
             gops = {k: 2 * r * c * ntok * count / v / 1e9 for k, v in med.items()}
+            theirs = gops.get("repacked", gops["llama.cpp"])
             out.append(f"| {name} | {shape} | {ntok} | {nth} | " + " | ".join(f"{gops[lv]:.1f}" for lv in simd)
-                       + f" | {gops['llama.cpp']:.1f} | {gops[simd[-1]] / gops['llama.cpp']:.2f} |")
+                       + f" | {gops['llama.cpp']:.1f} | {_cell(gops, 'repacked')} | {gops[simd[-1]] / theirs:.2f} |")
     return "\n".join(out) + "\n"
+
+
+def _cell(values: dict[str, float], key: str) -> str:
+    return f"{values[key]:.1f}" if key in values else "-"
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ files, the BF16/Q5_0/Q5_1 kernels against ggml's, and a sanitizer-built fuzz run
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -348,13 +349,25 @@ def test_new_kernels_match_ggml_and_every_level(qt: QT) -> None:
 
 
 # ---- the shared library's exports and a sanitizer fuzz run of the loader -----------------------------
-def test_only_ek_symbols_are_exported() -> None:
+def declared_functions(header: Path) -> set[str]:
+    """The ek_* functions a C header declares (comments stripped first)."""
+    text = re.sub(r"/\*.*?\*/|//[^\n]*", "", header.read_text(), flags=re.S)
+    return set(re.findall(r"\b(ek_\w+)\s*\(", text))
+
+
+def test_only_the_public_api_is_exported() -> None:
+    """The shared library exports exactly the functions declared in native/include (edgekit.h's API and
+    edgekit_test.h's test-only entry points): no internal ek_gguf_*, ek_parallel, ek_kernels_* or libc helper
+    leaks into an app's symbol space, and no declared function is missing from native/edgekit.map."""
     nm = shutil.which("nm")
     if nm is None or not Path(rt.lib()._name).name.endswith(".so"):
         pytest.skip("needs nm and an ELF shared library")
     out = subprocess.run([nm, "-D", "--defined-only", rt.lib()._name], capture_output=True, text=True).stdout
-    names = [line.split()[-1] for line in out.splitlines() if line.strip()]
-    assert names and all(n.startswith("ek_") for n in names), [n for n in names if not n.startswith("ek_")]
+    exported = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    declared = set().union(*(declared_functions(h) for h in (REPO / "native" / "include").glob("*.h")))
+    assert exported, out
+    assert not exported - declared, f"exported but not declared in native/include: {sorted(exported - declared)}"
+    assert not declared - exported, f"declared but not exported (native/edgekit.map): {sorted(declared - exported)}"
 
 
 @pytest.mark.slow

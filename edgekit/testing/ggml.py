@@ -2,7 +2,9 @@
 the reference edgekit's kernels are tested (tests/test_kernels.py) and benchmarked
 (benchmarks/gemv_vs_llamacpp.py) against. One graph of ``ggml_mul_mat`` nodes is computed on a persistent ggml
 threadpool, as llama.cpp decodes; tensors are views onto numpy buffers, so ggml reads the very bytes edgekit
-reads."""
+reads. With ``repack=True`` the weights are instead copied into ggml's CPU_REPACK buffer type, where ggml
+rearranges them for its interleaved kernels (e.g. Q4_K as q4_K_8x8 on AVX2): what llama.cpp runs by default
+(``use_extra_bufts``) for the types it repacks."""
 
 from __future__ import annotations
 
@@ -75,6 +77,34 @@ class Ggml:
         c.ggml_graph_compute.restype, c.ggml_graph_compute.argtypes = ctypes.c_int, [vp, ctypes.POINTER(_Cplan)]
         c.ggml_cpu_init()
         self.data_offset = self._find_data_offset()
+        for name, res, args in [("ggml_backend_reg_dev_get", vp, [vp, ctypes.c_size_t]),
+                                ("ggml_backend_reg_get_proc_address", vp, [vp, ctypes.c_char_p]),
+                                ("ggml_backend_buft_name", ctypes.c_char_p, [vp]),
+                                ("ggml_backend_buft_alloc_buffer", vp, [vp, ctypes.c_size_t]),
+                                ("ggml_backend_buft_get_alignment", ctypes.c_size_t, [vp]),
+                                ("ggml_backend_buffer_get_base", vp, [vp]),
+                                ("ggml_backend_buffer_free", None, [vp]),
+                                ("ggml_backend_tensor_alloc", ctypes.c_int, [vp, vp, vp]),
+                                ("ggml_backend_tensor_set", None, [vp, vp, ctypes.c_size_t, ctypes.c_size_t]),
+                                ("ggml_backend_dev_supports_op", ctypes.c_bool, [vp, vp])]:
+            fn = getattr(b, name)
+            fn.restype, fn.argtypes = res, args
+        c.ggml_backend_cpu_reg.restype = vp
+
+    def repack_buffer_type(self) -> tuple[int, int] | None:
+        """(buffer type, device) of ggml's CPU_REPACK extra buffer type, or None if this CPU backend has none."""
+        reg = self.cpu.ggml_backend_cpu_reg()
+        dev = self.base.ggml_backend_reg_dev_get(reg, 0)
+        fn = self.base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+        if not fn:
+            return None
+        bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(fn)(dev)
+        i = 0
+        while bufts and bufts[i]:
+            if self.base.ggml_backend_buft_name(bufts[i]) == b"CPU_REPACK":
+                return bufts[i], dev
+            i += 1
+        return None
 
     def _find_data_offset(self) -> int:
         """Offset of ggml_tensor.data, found rather than assumed (the struct changes between versions)."""
@@ -92,9 +122,10 @@ class Ggml:
         ctypes.c_void_p.from_address(tensor + self.data_offset).value = addr
 
     def gemv_graph(self, qt: QT, w: np.ndarray, count: int, mbytes: int, shape, x: np.ndarray, y: np.ndarray,
-                   threads: int, poll: int | None = None):
+                   threads: int, poll: int | None = None, repack: bool = False):
         """A runner computing y[i] = x @ W_i.T for the `count` matrices laid out back to back in w
-        (x: (ntokens, ncols) float32, y: (count, ntokens, nrows))."""
+        (x: (ntokens, ncols) float32, y: (count, ntokens, nrows)). repack: the weights copied into ggml's
+        CPU_REPACK buffer (rearranged there); None if ggml does not repack this type and shape on this CPU."""
         nrows, ncols = shape
         size = count + 8
         ctx = self.base.ggml_init(_InitParams(3 * size * self.base.ggml_tensor_overhead()
@@ -103,12 +134,36 @@ class Ggml:
         ntok = x.size // ncols
         xt = self.base.ggml_new_tensor_2d(ctx, 0, ncols, ntok)
         self._set_data(xt, x.ctypes.data)
+        buf = None
+        if repack:
+            found = self.repack_buffer_type()
+            if found is None:
+                self.base.ggml_free(ctx)
+                return None
+            buft, dev = found
+            align = self.base.ggml_backend_buft_get_alignment(buft)
+            stride = -(-mbytes // align) * align
+            buf = self.base.ggml_backend_buft_alloc_buffer(buft, stride * count)
+            if not buf:
+                raise MemoryError(f"ggml_backend_buft_alloc_buffer({stride * count})")
+            base = self.base.ggml_backend_buffer_get_base(buf)
         for i in range(count):
             wt = self.base.ggml_new_tensor_2d(ctx, int(qt), ncols, nrows)
-            self._set_data(wt, w.ctypes.data + i * mbytes)
+            if buf is None:
+                self._set_data(wt, w.ctypes.data + i * mbytes)
+            elif self.base.ggml_backend_tensor_alloc(buf, wt, base + i * stride) != 0:
+                raise RuntimeError("ggml_backend_tensor_alloc failed")
             out = self.base.ggml_mul_mat(ctx, wt, xt)
             self._set_data(out, y.ctypes.data + i * ntok * nrows * 4)
             self.base.ggml_build_forward_expand(gf, out)
+            if buf is not None:
+                # the repack buffer asks for a layout ggml has for this type and shape (setting a tensor it
+                # has none for would abort): the device's supports_op answers as llama.cpp's loader asks
+                if not self.base.ggml_backend_dev_supports_op(dev, out):
+                    self.base.ggml_backend_buffer_free(buf)
+                    self.base.ggml_free(ctx)
+                    return None
+                self.base.ggml_backend_tensor_set(wt, w.ctypes.data + i * mbytes, 0, mbytes)  # repacks
         tp_params = self.base.ggml_threadpool_params_default(threads)
         if poll is not None:
             tp_params.poll = poll
@@ -124,6 +179,8 @@ class Ggml:
 
         def close() -> None:
             self.cpu.ggml_threadpool_free(tp)
+            if buf is not None:
+                self.base.ggml_backend_buffer_free(buf)
             self.base.ggml_free(ctx)
 
         run.keep = (work, tp_params)  # alive as long as the runner

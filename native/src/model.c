@@ -209,6 +209,9 @@ static void load_hparams(loader *L) {
     if (L->st != EK_OK) return;
     if (m->n_head % m->n_head_kv != 0)
         fail(L, EK_ERR_FORMAT, "head_count (%d) is not a multiple of head_count_kv (%d)", m->n_head, m->n_head_kv);
+    else if (m->n_head / m->n_head_kv > EK_MAX_GROUP)
+        fail(L, EK_ERR_UNSUPPORTED, "%d query heads per kv head (head_count %d, head_count_kv %d): at most %d",
+             m->n_head / m->n_head_kv, m->n_head, m->n_head_kv, EK_MAX_GROUP);
     m->head_dim = hp_int(L, "attention.key_length", m->n_embd / m->n_head, 2, 65536);
     const int32_t vdim = hp_int(L, "attention.value_length", m->head_dim, 1, 65536);
     if (L->st == EK_OK && vdim != m->head_dim)

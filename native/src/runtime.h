@@ -8,6 +8,10 @@
 #include "edgekit.h"
 #include "gguf.h"
 
+/* Most query heads sharing one kv head (GQA group) the attention supports: its per-group arrays are on
+ * the stack. Llama 3 and Qwen2.5 use 4-7, multi-query models up to 32 or so. */
+#define EK_MAX_GROUP 64
+
 typedef struct {
     const void *data; /* rows of ncols values of `type`, in the map */
     int type;

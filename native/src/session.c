@@ -125,7 +125,8 @@ ek_status ek_session_new(const ek_model *m, const ek_session_params *params, ek_
     s->ffa = alloc(nb * ff * 4, &ok);
     s->ffb = alloc(nb * ff * 4, &ok);
     s->rope = alloc(nb * (size_t)m->n_rot * 4, &ok);
-    s->scores = alloc((size_t)nth * (size_t)p.n_ctx * 4, &ok);
+    const size_t group = (size_t)(m->n_head / m->n_head_kv); /* query heads per kv head (att_task's item) */
+    s->scores = alloc((size_t)nth * (group * (size_t)p.n_ctx + 2 * hd) * 4, &ok);
     s->xq = alloc(nb * (cols / 32 * 36 + cols * 2), &ok); /* >= any activation row: Q8_1/Q8_K/BF16 */
     s->logits = alloc((size_t)m->n_vocab * 4, &ok);
     s->logits_cap = 1;
@@ -211,10 +212,17 @@ typedef struct {
     atomic_int next;
 } att_job;
 
-static float kv_get(const ek_session *s, const uint8_t *row, int i) {
-    return s->kv_elem == 2 ? fp16_table[((const uint16_t *)row)[i]] : ((const float *)row)[i];
+/* A cached K or V row of one kv head as floats: F32 in place, F16 converted into buf. */
+static const float *kv_row(const ek_session *s, const uint8_t *row, int hd, float *buf) {
+    if (s->kv_elem == 4) return (const float *)row;
+    for (int c = 0; c < hd; c++) buf[c] = fp16_table[((const uint16_t *)row)[c]];
+    return buf;
 }
 
+/* One item is a (token, kv head) pair with the `group` query heads that share it: each cached K and V row is
+ * read (and converted from F16) once for all of them, and their dot products run as independent chains.
+ * Each head's sums keep their order (over c for q.k, over t for the weighted V sum), so the result is the same
+ * as one head at a time. */
 static void att_task(void *arg, int ith, int nth) {
     (void)nth;
     att_job *j = arg;
@@ -223,45 +231,48 @@ static void att_task(void *arg, int ith, int nth) {
     const int hd = m->head_dim, nkv = m->n_head_kv * hd, group = m->n_head / m->n_head_kv;
     const size_t row = (size_t)nkv * s->kv_elem, layer = (size_t)s->p.n_ctx * row;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *sc = s->scores + (size_t)ith * (size_t)s->p.n_ctx;
+    float *sc = s->scores + (size_t)ith * ((size_t)group * (size_t)s->p.n_ctx + 2 * (size_t)hd);
+    float *kbuf = sc + (size_t)group * (size_t)s->p.n_ctx, *vbuf = kbuf + hd;
     for (;;) {
         const int item = atomic_fetch_add(&j->next, 1);
-        if (item >= j->nt * m->n_head) break;
-        const int i = item / m->n_head, h = item % m->n_head, kvh = h / group;
-        const int32_t p = j->pos0 + i;
+        if (item >= j->nt * m->n_head_kv) break;
+        const int i = item / m->n_head_kv, kvh = item % m->n_head_kv, h0 = kvh * group;
+        const int32_t p = j->pos0 + i, n_ctx = s->p.n_ctx;
         const int32_t lo = m->n_swa > 0 && p >= m->n_swa ? p - m->n_swa + 1 : 0;
-        const float *q = s->q + (size_t)i * m->n_head * hd + (size_t)h * hd;
+        const float *q = s->q + (size_t)i * m->n_head * hd + (size_t)h0 * hd;
         const uint8_t *kc = s->kc + (size_t)j->il * layer + (size_t)kvh * hd * s->kv_elem;
         const uint8_t *vc = s->vc + (size_t)j->il * layer + (size_t)kvh * hd * s->kv_elem;
-        float mx = -INFINITY;
+        float mx[EK_MAX_GROUP];
+        for (int g = 0; g < group; g++) mx[g] = -INFINITY;
         for (int32_t t = lo; t <= p; t++) {
-            const uint8_t *kr = kc + (size_t)t * row;
-            float d = 0.0f;
-            if (s->kv_elem == 4) {
-                const float *kf = (const float *)kr;
-                for (int c = 0; c < hd; c++) d += q[c] * kf[c];
-            } else {
-                for (int c = 0; c < hd; c++) d += q[c] * kv_get(s, kr, c);
+            const float *kf = kv_row(s, kc + (size_t)t * row, hd, kbuf);
+            float d[EK_MAX_GROUP] = {0};
+            for (int c = 0; c < hd; c++)
+                for (int g = 0; g < group; g++) d[g] += q[(size_t)g * hd + c] * kf[c];
+            for (int g = 0; g < group; g++) {
+                float *sg = sc + (size_t)g * n_ctx;
+                sg[t] = d[g] * scale;
+                mx[g] = sg[t] > mx[g] ? sg[t] : mx[g];
             }
-            sc[t] = d * scale;
-            mx = sc[t] > mx ? sc[t] : mx;
         }
-        double sum = 0.0;
-        for (int32_t t = lo; t <= p; t++) {
-            sc[t] = expf(sc[t] - mx);
-            sum += (double)sc[t];
+        float inv[EK_MAX_GROUP];
+        for (int g = 0; g < group; g++) {
+            float *sg = sc + (size_t)g * n_ctx;
+            double sum = 0.0;
+            for (int32_t t = lo; t <= p; t++) {
+                sg[t] = expf(sg[t] - mx[g]);
+                sum += (double)sg[t];
+            }
+            inv[g] = (float)(1.0 / sum);
         }
-        const float inv = (float)(1.0 / sum);
-        float *out = s->att + (size_t)i * m->n_head * hd + (size_t)h * hd;
-        memset(out, 0, (size_t)hd * 4);
+        float *out = s->att + (size_t)i * m->n_head * hd + (size_t)h0 * hd;
+        memset(out, 0, (size_t)group * hd * 4);
         for (int32_t t = lo; t <= p; t++) {
-            const float w = sc[t] * inv;
-            const uint8_t *vr = vc + (size_t)t * row;
-            if (s->kv_elem == 4) {
-                const float *vf = (const float *)vr;
-                for (int c = 0; c < hd; c++) out[c] += w * vf[c];
-            } else {
-                for (int c = 0; c < hd; c++) out[c] += w * kv_get(s, vr, c);
+            const float *vf = kv_row(s, vc + (size_t)t * row, hd, vbuf);
+            for (int g = 0; g < group; g++) {
+                const float w = sc[(size_t)g * n_ctx + t] * inv[g];
+                float *og = out + (size_t)g * hd;
+                for (int c = 0; c < hd; c++) og[c] += w * vf[c];
             }
         }
     }
@@ -326,7 +337,7 @@ static int forward(ek_session *s, const int32_t *tokens, int nt, int32_t pos0, i
         }
         att_job job = {.s = s, .il = il, .nt = nt, .pos0 = pos0};
         atomic_init(&job.next, 0);
-        const int work = nt * m->n_head;
+        const int work = nt * m->n_head_kv;
         ek_parallel(att_task, &job, nth < work ? nth : work);
         ac.x = NULL;
         mm(&ac, &l->o, s->att, nt, s->tmp, nth);

@@ -5,7 +5,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Internal to the library: not exported from the shared library (ek_utf8_sanitize is, for the tests). */
+#include "edgekit_test.h"
+
+/* Internal to the library: not exported from the shared library (edgekit.map lists what is). */
 #if defined(__GNUC__) || defined(__clang__)
 #define EK_HIDDEN __attribute__((visibility("hidden")))
 #else
@@ -37,10 +39,7 @@ EK_HIDDEN uint32_t ek_utf8_next(const uint8_t *s, size_t n, size_t *pos);
 /* Write cp as UTF-8 into out (4 bytes room); returns the byte count. */
 EK_HIDDEN int ek_utf8_put(uint32_t cp, char *out);
 
-/* Streaming text out as valid UTF-8: copies s[0..n) to out (room for 3 * n bytes), each ill-formed part
- * replaced by U+FFFD as Python's bytes.decode(errors="replace") does (one per maximal subpart). A character
- * cut off at the end is held back (not consumed) unless flush. Sets *out_n; returns the bytes consumed. */
-size_t ek_utf8_sanitize(const char *s, size_t n, int flush, char *out, size_t *out_n);
+/* ek_utf8_sanitize (exported for the tests) is declared in include/edgekit_test.h. */
 
 /* GPT-2's byte-level alphabet: each byte as a printable code point, and back (-1: not in the alphabet). */
 EK_HIDDEN uint32_t ek_byte_to_cp(uint8_t b);
