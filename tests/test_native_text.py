@@ -43,8 +43,14 @@ class Message(ctypes.Structure):
     _fields_ = [("role", c_char_p), ("content", c_char_p)]
 
 
+def own_lib() -> ctypes.CDLL:
+    """libedgekit through a CDLL object of this test's own: the argtypes set here must not leak into the one
+    edgekit.native shares with the package's bindings (which declare their own Structure types)."""
+    return ctypes.CDLL(lib()._name)
+
+
 def _c() -> ctypes.CDLL:
-    c = lib()
+    c = own_lib()
     c.ek_vocab_new.argtypes = [POINTER(VocabParams), POINTER(c_void_p)]
     c.ek_vocab_free.argtypes = [c_void_p]
     c.ek_vocab_tokenize.argtypes = [c_void_p, c_char_p, c_size_t, c_int, c_int, POINTER(c_int32), c_int32,
@@ -346,7 +352,7 @@ def test_bad_vocabularies() -> None:
 def test_streamed_text_is_valid_utf8_as_python_decodes() -> None:
     """ek_utf8_sanitize, which ek_generate streams through: ill-formed bytes become U+FFFD exactly as
     bytes.decode(errors="replace") makes them, also when the bytes arrive in two parts."""
-    c = lib()
+    c = own_lib()
     c.ek_utf8_sanitize.restype = c_size_t
     c.ek_utf8_sanitize.argtypes = [c_char_p, c_size_t, c_int, c_char_p, POINTER(c_size_t)]
 

@@ -158,7 +158,8 @@ static int bench(const char *path, int depth, int n_prompt, int n_gen, int threa
     }
     double decode_ms = now_ms() - t0;
     double pf = n_prompt / (prefill_ms / 1e3), dc = n_gen / (decode_ms / 1e3);
-    int64_t rss = peak_rss(), steady = current_rss(); /* steady: what stays resident after decoding */
+    int64_t steady = current_rss(); /* what stays resident after decoding (read first: reading it allocates) */
+    int64_t rss = peak_rss();
     if (json)
         printf("{\"model\": \"%s\", \"depth\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %d, \"load_ms\": %.1f, "
                "\"ttft_ms\": %.1f, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f, \"peak_rss_bytes\": %lld, "
