@@ -17,13 +17,12 @@ import argparse
 import math
 import platform
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import gguf
+from report import run_measured  # benchmarks/report.py (scripts run from this folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIB_EVERY, CALIB_CHARS = 10, 300_000
@@ -31,18 +30,9 @@ CTX = 256
 
 
 def run(cmd: list[str], log) -> tuple[float, int]:
-    """Run a command in its own process; (seconds, peak RSS bytes of that process). The peak comes from GNU time,
-    a small process that forks the command: wait4()'s ru_maxrss from this (large) process would carry our own
-    peak into every child (Linux keeps maxrss across fork and exec)."""
+    """Log and run a command: (seconds, peak RSS bytes), from report.run_measured."""
     log("$ " + shlex.join(cmd))
-    with tempfile.NamedTemporaryFile(suffix=".rss") as f:
-        t0 = time.perf_counter()
-        r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", f.name, *cmd], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-        seconds = time.perf_counter() - t0
-        if r.returncode:
-            sys.exit(f"command failed ({r.returncode}): {shlex.join(cmd)}\n{r.stderr}")
-        return seconds, int(Path(f.name).read_text().split()[-1]) * 1024
+    return run_measured(cmd)
 
 
 def main() -> None:

@@ -15,29 +15,19 @@ from __future__ import annotations
 import argparse
 import platform
 import shlex
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+from report import run_measured  # benchmarks/report.py (scripts run from this folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = dict(layers=8, hidden=1024, ffn=2816, heads=16, kv_heads=4, vocab_size=512, model_vocab=8192)
 
 
 def run(cmd: list[str]) -> tuple[float, int]:
-    """Run a command in its own process; (seconds, peak RSS bytes of that process). The peak comes from GNU time,
-    a small process that forks the command: wait4()'s ru_maxrss from this (large) process would carry our own
-    peak into every child (Linux keeps maxrss across fork and exec)."""
+    """Log and run a command: (seconds, peak RSS bytes), from report.run_measured."""
     print("$ " + shlex.join(cmd), file=sys.stderr, flush=True)
-    with tempfile.NamedTemporaryFile(suffix=".rss") as f:
-        t0 = time.perf_counter()
-        r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", f.name, *cmd], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-        seconds = time.perf_counter() - t0
-        if r.returncode:
-            sys.exit(f"command failed ({r.returncode}): {shlex.join(cmd)}\n{r.stderr}")
-        return seconds, int(Path(f.name).read_text().split()[-1]) * 1024
+    return run_measured(cmd)
 
 
 def main() -> None:
