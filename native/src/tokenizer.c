@@ -38,19 +38,26 @@ struct ek_vocab {
 
 /* ---- small containers ---- */
 
+/* Make room for `need` elements of `elem` bytes in *p (capacity *cap, doubling from 64). */
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t cap2 = *cap ? *cap : 64;
+    while (cap2 < need) cap2 *= 2;
+    void *q = realloc(*p, cap2 * elem);
+    if (!q) return -1;
+    *p = q;
+    *cap = cap2;
+    return 0;
+}
+
+
 typedef struct {
     int32_t *a;
     size_t n, cap;
 } ivec;
 
 static int ivec_push(ivec *v, int32_t x) {
-    if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 64;
-        int32_t *a = realloc(v->a, cap * sizeof *a);
-        if (!a) return -1;
-        v->a = a;
-        v->cap = cap;
-    }
+    if (grow((void **)&v->a, &v->cap, v->n + 1, sizeof *v->a)) return -1;
     v->a[v->n++] = x;
     return 0;
 }
@@ -488,13 +495,7 @@ static int heap_less(const bigram *a, const bigram *b) {
 }
 
 static int heap_push(workspace *w, bigram b) {
-    if (w->nheap == w->capheap) {
-        size_t cap = w->capheap ? w->capheap * 2 : 64;
-        bigram *h = realloc(w->heap, cap * sizeof *h);
-        if (!h) return -1;
-        w->heap = h;
-        w->capheap = cap;
-    }
+    if (grow((void **)&w->heap, &w->capheap, w->nheap + 1, sizeof *w->heap)) return -1;
     size_t i = w->nheap++;
     while (i > 0 && heap_less(&b, &w->heap[(i - 1) / 2])) {
         w->heap[i] = w->heap[(i - 1) / 2];
@@ -517,17 +518,6 @@ static bigram heap_pop(workspace *w) {
     }
     if (w->nheap) w->heap[i] = last;
     return top;
-}
-
-static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return 0;
-    size_t cap2 = *cap ? *cap : 64;
-    while (cap2 < need) cap2 *= 2;
-    void *q = realloc(*p, cap2 * elem);
-    if (!q) return -1;
-    *p = q;
-    *cap = cap2;
-    return 0;
 }
 
 /* One symbol per UTF-8 character of s[0..n). */
